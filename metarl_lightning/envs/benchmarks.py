@@ -1,0 +1,142 @@
+"""Meta-World v3 benchmark builders: official splits, all 50 goals per class, validated early.
+
+No torch here. Env thunks are built the way `metaworld.make_ml_envs` builds them (one sub-env per
+task slot, each cycling through its own share of a class's goals), so that any vector strategy
+(gymnasium's Sync/Async or our ProcessVectorEnv) can run them.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Literal
+
+import metaworld
+import metaworld.env_dict as env_dict
+from metaworld import _init_each_env  # the per-env builder behind make_ml_envs/make_mt_envs
+
+from metarl_lightning.types import ConfigError
+
+N_GOALS = 50  # Meta-World generates 50 goals per class (metaworld._N_GOALS)
+OBS_DIM = 39  # every v3 env; MT one-hot ids are appended
+ACTION_DIM = 4
+BENCHMARKS = ("MT1", "MT10", "MT25", "MT50", "ML1", "ML10", "ML25", "ML45")
+ENV_NAMES = tuple(env_dict.ALL_V3_ENVIRONMENTS.keys())
+
+
+@dataclass(frozen=True)
+class BenchmarkInfo:
+    name: str
+    kind: Literal["ml", "mt"]
+    train_classes: tuple[str, ...]
+    test_classes: tuple[str, ...]  # empty for MT
+    use_one_hot: bool
+
+    @property
+    def obs_dim(self) -> int:
+        return OBS_DIM + (len(self.train_classes) if self.use_one_hot else 0)
+
+    def classes(self, split: str) -> tuple[str, ...]:
+        return self.train_classes if split == "train" else self.test_classes
+
+
+def describe(name: str, env_name: str | None = None, use_one_hot: bool = False) -> BenchmarkInfo:
+    """Static facts of a benchmark, without building anything. Raises ConfigError on bad names."""
+    if name not in BENCHMARKS:
+        raise ConfigError(
+            f"unknown benchmark {name!r}; choose one of {', '.join(BENCHMARKS)} "
+            "(e.g. benchmark=ml10)"
+        )
+    kind: Literal["ml", "mt"] = "ml" if name.startswith("ML") else "mt"
+    if name in ("ML1", "MT1"):
+        if env_name not in ENV_NAMES:
+            raise ConfigError(
+                f"{name} needs benchmark.env_name set to a Meta-World v3 task, e.g. reach-v3; "
+                f"got {env_name!r}. Valid: {', '.join(ENV_NAMES)}"
+            )
+        train = test = (env_name,)
+        if kind == "mt":
+            test = ()
+    elif kind == "ml":
+        d = getattr(env_dict, f"{name}_V3")
+        train, test = tuple(d["train"].keys()), tuple(d["test"].keys())
+    else:
+        train, test = tuple(getattr(env_dict, f"{name}_V3").keys()), ()
+    return BenchmarkInfo(name, kind, train, test, use_one_hot and kind == "mt")
+
+
+def valid_meta_batch_sizes(num_classes: int, num_goals: int = N_GOALS) -> list[int]:
+    """Meta-World splits each class's goals evenly over its sub-envs: k envs per class, k | goals."""
+    return [num_classes * k for k in range(1, num_goals + 1) if num_goals % k == 0]
+
+
+def check_meta_batch_size(info: BenchmarkInfo, meta_batch_size: int, split: str) -> None:
+    n = len(info.classes(split))
+    valid = valid_meta_batch_sizes(n)
+    if meta_batch_size not in valid:
+        raise ConfigError(
+            f"meta_batch_size={meta_batch_size} cannot be split over {info.name} {split} "
+            f"({n} classes x {N_GOALS} goals); valid values: {', '.join(map(str, valid))}"
+        )
+
+
+@functools.lru_cache(maxsize=4)
+def benchmark(name: str, env_name: str | None, seed: int) -> metaworld.Benchmark:
+    """The Meta-World Benchmark object; its task lists (goals) depend on the seed only."""
+    if name in ("ML1", "MT1"):
+        return getattr(metaworld, name)(env_name, seed=seed)
+    return getattr(metaworld, name)(seed=seed)
+
+
+def make_env_fns(
+    info: BenchmarkInfo,
+    *,
+    split: Literal["train", "test"],
+    meta_batch_size: int,
+    benchmark_seed: int,
+    env_seed: int,
+    max_episode_steps: int = 500,
+    terminate_on_success: bool = False,
+    task_select: Literal["random", "pseudorandom"] = "pseudorandom",
+    reward_function_version: str = "v2",
+) -> list[functools.partial]:
+    """One picklable thunk per task slot, in class order (slot i belongs to class i // k).
+
+    Mirrors `metaworld._make_ml_envs_inner` (the same goal split) but for MT benchmarks too,
+    and does not build the envs, so the caller picks the vector strategy.
+    """
+    check_meta_batch_size(info, meta_batch_size, split)
+    if split == "test" and info.kind == "mt":
+        raise ConfigError(f"{info.name} has no test split; MT evaluation uses the train tasks")
+    if reward_function_version not in ("v1", "v2"):
+        raise ConfigError(f"reward_function_version must be v1 or v2, got {reward_function_version!r}")
+    bench = benchmark(info.name, info.train_classes[0] if info.name in ("ML1", "MT1") else None,
+                      benchmark_seed)
+    classes = bench.train_classes if split == "train" else bench.test_classes
+    all_tasks = bench.train_tasks if split == "train" else bench.test_tasks
+    per_class = meta_batch_size // len(classes)
+    fns = []
+    for class_id, (env_name, env_cls) in enumerate(classes.items()):
+        tasks = [t for t in all_tasks if t.env_name == env_name]
+        assert len(tasks) == N_GOALS, (env_name, len(tasks))
+        for i in range(per_class):
+            fns.append(functools.partial(
+                _init_each_env,
+                env_cls=env_cls,
+                tasks=tasks[i::per_class],
+                seed=env_seed,
+                max_episode_steps=max_episode_steps,
+                terminate_on_success=terminate_on_success,
+                use_one_hot=info.use_one_hot,
+                env_id=class_id,
+                num_tasks=len(classes),
+                task_select=task_select,
+                reward_function_version=reward_function_version,
+            ))
+    return fns
+
+
+def task_ids(info: BenchmarkInfo, meta_batch_size: int, split: str) -> list[int]:
+    """Class index of each task slot, matching `make_env_fns` order."""
+    n = len(info.classes(split))
+    return [i // (meta_batch_size // n) for i in range(meta_batch_size)]

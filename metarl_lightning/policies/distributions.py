@@ -1,0 +1,42 @@
+"""Tanh-squashed diagonal Gaussian, scaled to the env's action box.
+
+a = bias + scale * tanh(u), u ~ N(mean, std). We store u (the raw action) at sampling time, so the
+log-prob never needs atanh of a saturated action. Change of variables (SAC, Haarnoja et al. 2018,
+appendix C):  log p(a) = log N(u) - sum_i log(scale_i * (1 - tanh(u_i)^2)).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+_LOG_2PI = math.log(2 * math.pi)
+
+
+def gaussian_log_prob(mean: torch.Tensor, log_std: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Sum over the last dim of the diagonal Gaussian log-density."""
+    z = (u - mean) * torch.exp(-log_std)
+    return (-0.5 * z.pow(2) - log_std - 0.5 * _LOG_2PI).sum(-1)
+
+
+def log_det_tanh_jacobian(u: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """sum log(scale * (1 - tanh(u)^2)), using 1 - tanh(u)^2 = 4 e^{-2u} / (1 + e^{-2u})^2."""
+    return (torch.log(scale) + 2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))).sum(-1)
+
+
+def tanh_gaussian_log_prob(
+    mean: torch.Tensor, log_std: torch.Tensor, u: torch.Tensor, scale: torch.Tensor
+) -> torch.Tensor:
+    return gaussian_log_prob(mean, log_std, u) - log_det_tanh_jacobian(u, scale)
+
+
+def squash(u: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    return bias + scale * torch.tanh(u)
+
+
+def gaussian_entropy(log_std: torch.Tensor) -> torch.Tensor:
+    """Entropy of the pre-squash Gaussian. The squashed entropy has no closed form; the base
+    entropy is the usual bonus in PPO implementations with state-independent std."""
+    return (log_std + 0.5 * (1.0 + _LOG_2PI)).sum(-1)
