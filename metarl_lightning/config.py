@@ -1,0 +1,144 @@
+"""Structured config schemas. Registered with Hydra's ConfigStore so that a misspelt key or a
+value of the wrong type is rejected at composition time, before anything is built."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class BenchmarkConfig:
+    name: str = MISSING  # MT1, MT10, MT25, MT50, ML1, ML10, ML25, ML45
+    env_name: str | None = None  # the task of ML1/MT1, e.g. reach-v3
+    meta_batch_size: int = MISSING  # task slots per meta-iteration (k per class, k | 50)
+    max_episode_steps: int = 500  # Meta-World's protocol; lower only for tests
+    use_one_hot: bool = False  # MT: append the one-hot task id to observations
+    reward_function_version: str = "v2"
+
+
+@dataclass
+class ModelConfig:
+    _target_: str = "metarl_lightning.policies.ActorCritic"
+    hidden_dim: int = 256
+    num_layers: int = 3
+    shrink_last: bool = True  # seed architecture: 256 -> 256 -> 128
+    layer_norm: bool = True
+    activation: str = "tanh"
+    init_log_std: float = 0.0
+
+
+@dataclass
+class MAMLPPOConfig:
+    _target_: str = "metarl_lightning.algorithms.MAMLPPO"
+    optimizer: Any = MISSING
+    scheduler: Any = None
+    episodes_per_task: int = 1
+    inner_lr: float = 5e-3
+    inner_steps: int = 1
+    first_order: bool = False
+    learn_inner_lr: bool = False
+    outer_epochs: int = 4
+    clip: float = 0.2
+    vf_coef: float = 0.5
+    ent_coef: float = 0.01
+    max_grad_norm: float = 0.5
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    reward_scale: float = 0.01
+    max_nonfinite_steps: int = 5
+
+
+@dataclass
+class TrainerConfig:
+    """Typed subset of lightning.Trainer's arguments; other Trainer kwargs can be added with +."""
+
+    _target_: str = "lightning.pytorch.Trainer"
+    accelerator: str = "cpu"
+    devices: Any = 1
+    num_nodes: int = 1
+    strategy: Any = "auto"
+    precision: Any = "32-true"
+    max_steps: int = 100  # meta-iterations
+    max_epochs: int = -1
+    log_every_n_steps: int = 1
+    num_sanity_val_steps: int = 0
+    inference_mode: bool = False
+    enable_checkpointing: bool = True
+    enable_progress_bar: bool = True
+    enable_model_summary: bool = True
+    default_root_dir: str | None = None
+    deterministic: bool = False
+    use_distributed_sampler: bool = False  # rollouts are streamed, never sampled
+
+
+@dataclass
+class DataConfig:
+    num_workers: int | None = None  # env worker processes; None = one per available core
+    vector_strategy: str = "process"  # process | sync | async
+
+
+@dataclass
+class PathsConfig:
+    output_dir: str = MISSING
+    root_dir: str = MISSING
+
+
+@dataclass
+class TrainConfig:
+    benchmark: BenchmarkConfig = MISSING
+    model: Any = MISSING
+    algorithm: Any = MISSING
+    trainer: TrainerConfig = MISSING
+    logger: Any = None
+    callbacks: Any = None
+    experiment: Any = None
+    data: DataConfig = field(default_factory=DataConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    task_name: str = "train"
+    seed: int = 1
+    ckpt_path: str | None = None
+    tags: list[str] = field(default_factory=list)
+    optimized_metric: str = "train/success_post"
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(group="benchmark", name="benchmark_schema", node=BenchmarkConfig)
+    cs.store(group="model", name="actor_critic_schema", node=ModelConfig)
+    cs.store(group="algorithm", name="maml_ppo_schema", node=MAMLPPOConfig)
+    cs.store(group="trainer", name="trainer_schema", node=TrainerConfig)
+
+
+register_configs()
+
+
+def validate(cfg: Any) -> None:
+    """Checks Hydra cannot do by type alone. Raises ConfigError with a message naming the fix."""
+    import os
+
+    from metarl_lightning import envs
+    from metarl_lightning.types import ConfigError
+
+    b = cfg.benchmark
+    info = envs.describe(b.name, b.env_name, b.use_one_hot)
+    envs.check_meta_batch_size(info, b.meta_batch_size, "train")
+    positive = {
+        "benchmark.max_episode_steps": b.max_episode_steps,
+        "trainer.max_steps": cfg.trainer.max_steps,
+        "algorithm.optimizer.lr": cfg.algorithm.optimizer.lr,
+        "algorithm.episodes_per_task": cfg.algorithm.get("episodes_per_task", 1),
+        "algorithm.inner_steps": cfg.algorithm.get("inner_steps", 1),
+        "algorithm.inner_lr": cfg.algorithm.get("inner_lr", 1.0),
+        "algorithm.outer_epochs": cfg.algorithm.get("outer_epochs", 1),
+    }
+    for key, value in positive.items():
+        if value is None or value <= 0:
+            raise ConfigError(f"{key} must be > 0, got {value}; set e.g. {key}=<positive value>")
+    if cfg.ckpt_path is not None and not os.path.isfile(cfg.ckpt_path):
+        raise ConfigError(f"ckpt_path {cfg.ckpt_path!r} does not exist; pass the path of a .ckpt "
+                          "file, e.g. ckpt_path=outputs/train/<run>/checkpoints/last.ckpt")

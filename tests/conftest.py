@@ -1,0 +1,45 @@
+"""One fixture composes the real config with Hydra's compose API and shrinks it; tests copy it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, open_dict
+
+import metarl_lightning.config  # noqa: F401  (registers the structured schemas)
+
+os.environ["WANDB_MODE"] = "offline"
+ROOT = Path(__file__).resolve().parents[1]
+CONF = str(ROOT / "conf")
+
+TINY = [
+    "benchmark.max_episode_steps=10",
+    "benchmark.meta_batch_size=2",
+    "model=mlp",
+    "model.hidden_dim=16",
+    "trainer.max_steps=2",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "algorithm.outer_epochs=2",
+    "data.vector_strategy=sync",
+]
+
+
+def compose_cfg(overrides: list[str], tmp_path: Path | None = None) -> DictConfig:
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=False)
+    if tmp_path is not None:
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(tmp_path)
+            cfg.paths.root_dir = str(ROOT)
+    return cfg
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path):
+    return lambda *extra: compose_cfg(TINY + list(extra), tmp_path)

@@ -1,0 +1,61 @@
+"""Every benchmark config composes; bad input exits with one line that names the fix."""
+
+import subprocess
+import sys
+
+import pytest
+from omegaconf import OmegaConf
+
+from metarl_lightning import config as schema
+from metarl_lightning.types import ConfigError
+from tests.conftest import ROOT, compose_cfg
+
+BENCHMARKS = ["ml1", "ml10", "ml25", "ml45", "mt1", "mt10", "mt25", "mt50"]
+
+
+@pytest.mark.parametrize("name", BENCHMARKS)
+def test_every_benchmark_composes_and_validates(name, tmp_path):
+    cfg = compose_cfg([f"benchmark={name}"], tmp_path)
+    schema.validate(cfg)
+    assert cfg.benchmark.max_episode_steps == 500
+    assert cfg.benchmark.name == name.upper()
+
+
+def test_readme_example_override_composes(tmp_path):
+    cfg = compose_cfg(["benchmark=mt10", "model.hidden_dim=256"], tmp_path)
+    assert cfg.model.hidden_dim == 256 and cfg.benchmark.use_one_hot
+
+
+@pytest.mark.parametrize("group,option", [("model", "mlp"), ("model", "seed_mlp"),
+                                          ("trainer", "gpu"), ("logger", "many"),
+                                          ("logger", "none"), ("logger", "wandb"),
+                                          ("logger", "tensorboard")])
+def test_group_options_compose(group, option, tmp_path):
+    cfg = compose_cfg([f"{group}={option}"], tmp_path)
+    OmegaConf.to_container(cfg[group], resolve=True) if cfg[group] is not None else None
+
+
+def test_validate_rejects_nonpositive_learning_rate(tmp_path):
+    cfg = compose_cfg(["algorithm.inner_lr=0"], tmp_path)
+    with pytest.raises(ConfigError, match="algorithm.inner_lr must be > 0"):
+        schema.validate(cfg)
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["benchmark=ml11"], "unknown benchmark 'ml11'; choose one of: ml1, ml10"),
+    (["benchmark=ml10", "benchmark.meta_batch_size=15"], "valid values: 10, 20, 50"),
+    (["model.hidden_dim=abc"], "bad value for model.hidden_dim"),
+    (["trainer.max_steps=1.5"], "bad value for trainer.max_steps"),
+    (["model.hiden_dim=3"], "unknown config key 'model.hiden_dim'"),
+    (["benchmark.env_name=reach-v9"], "needs benchmark.env_name set to a Meta-World v3 task"),
+    (["trainer.max_steps=0"], "trainer.max_steps must be > 0"),
+    (["ckpt_path=/no/such.ckpt"], "ckpt_path '/no/such.ckpt' does not exist"),
+])
+def test_bad_input_exits_with_one_line(args, expected, tmp_path):
+    proc = subprocess.run([sys.executable, "train.py", *args, f"hydra.run.dir={tmp_path}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error: ")]
+    assert len(errors) == 1 and expected in errors[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,109 @@
+"""GAE, returns, normalisation, PPO loss and tanh-Gaussian log-prob against hand computations."""
+
+import math
+
+import pytest
+import torch
+
+from metarl_lightning.algorithms import functional as F
+from metarl_lightning.policies import distributions as D
+
+
+def test_gae_bootstraps_at_truncation_not_at_termination():
+    # Two 2-step episodes. Episode 1 truncated (time limit), episode 2 terminated.
+    r = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    v = torch.tensor([0.5, 0.6, 0.7, 0.8])
+    nv = torch.tensor([0.6, 10.0, 0.8, 99.0])  # V(s_{t+1}); at t=1 the final obs of episode 1
+    term = torch.tensor([0.0, 0.0, 0.0, 1.0])
+    done = torch.tensor([0.0, 1.0, 0.0, 1.0])
+    g, lam = 0.9, 0.8
+    d1 = 2.0 + g * 10.0 - 0.6  # truncated: bootstrap from V(final obs)
+    d0 = 1.0 + g * 0.6 - 0.5
+    d3 = 4.0 - 0.8  # terminated: no bootstrap
+    d2 = 3.0 + g * 0.8 - 0.7
+    expected = torch.tensor([d0 + g * lam * d1, d1, d2 + g * lam * d3, d3])
+    torch.testing.assert_close(F.gae(r, v, nv, term, done, g, lam), expected)
+
+
+def test_gae_treating_truncation_as_terminal_would_differ():
+    r, v = torch.ones(3), torch.zeros(3)
+    nv = torch.full((3,), 5.0)
+    done = torch.tensor([0.0, 0.0, 1.0])
+    boot = F.gae(r, v, nv, torch.zeros(3), done, 0.99, 0.95)
+    wrong = F.gae(r, v, nv, done, done, 0.99, 0.95)
+    assert boot[-1].item() == pytest.approx(1 + 0.99 * 5)
+    assert wrong[-1].item() == pytest.approx(1.0)
+
+
+def test_gae_batched_over_leading_dims():
+    torch.manual_seed(0)
+    r, v, nv = torch.randn(3, 2, 7), torch.randn(3, 2, 7), torch.randn(3, 2, 7)
+    term = torch.zeros(3, 2, 7)
+    done = (torch.rand(3, 2, 7) < 0.3).float()
+    out = F.gae(r, v, nv, term, done, 0.99, 0.95)
+    for i in range(3):
+        for j in range(2):
+            torch.testing.assert_close(
+                out[i, j], F.gae(r[i, j], v[i, j], nv[i, j], term[i, j], done[i, j], 0.99, 0.95))
+
+
+def test_discounted_returns_by_hand():
+    r = torch.tensor([1.0, 1.0, 1.0, 2.0])
+    nv = torch.tensor([0.0, 0.0, 3.0, 0.0])
+    term = torch.tensor([0.0, 0.0, 0.0, 1.0])
+    done = torch.tensor([0.0, 0.0, 1.0, 1.0])
+    g = 0.5
+    expected = torch.tensor([1 + g * (1 + g * (1 + g * 3)), 1 + g * (1 + g * 3), 1 + g * 3, 2.0])
+    torch.testing.assert_close(F.discounted_returns(r, nv, term, done, g), expected)
+
+
+def test_ppo_clip_loss_by_hand():
+    logp = torch.log(torch.tensor([1.5, 0.5, 1.1, 0.7]))
+    old = torch.zeros(4)
+    adv = torch.tensor([1.0, -1.0, -2.0, 2.0])
+    loss, stats = F.ppo_clip_loss(logp, old, adv, clip=0.2)
+    # min(r*A, clip(r)*A): [1.2, -0.8, -2.2, 1.4]
+    assert loss.item() == pytest.approx(-(1.2 - 0.8 - 2.2 + 1.4) / 4)
+    assert stats["clip_fraction"].item() == pytest.approx(0.75)
+    ratio = torch.exp(logp)
+    assert stats["approx_kl"].item() == pytest.approx(((ratio - 1) - logp).mean().item())
+
+
+def test_ppo_clip_loss_rejects_old_log_probs_with_graph():
+    x = torch.zeros(3, requires_grad=True)
+    with pytest.raises(ValueError, match="detach"):
+        F.ppo_clip_loss(x * 2, x * 1, torch.ones(3), 0.2)
+
+
+def test_tanh_gaussian_log_prob_matches_torch_distributions():
+    torch.manual_seed(0)
+    mean, log_std = torch.randn(5, 3), torch.randn(3) * 0.3
+    scale, bias = torch.tensor([1.0, 2.0, 0.5]), torch.tensor([0.0, 1.0, -0.5])
+    u = mean + log_std.exp() * torch.randn(5, 3)
+    dist = torch.distributions.TransformedDistribution(
+        torch.distributions.Normal(mean, log_std.exp()),
+        [torch.distributions.TanhTransform(), torch.distributions.AffineTransform(bias, scale)],
+    )
+    a = D.squash(u, scale, bias)
+    expected = dist.log_prob(a).sum(-1)
+    got = D.tanh_gaussian_log_prob(mean, log_std.expand_as(mean), u, scale)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_tanh_log_prob_is_finite_when_saturated():
+    u = torch.tensor([[30.0, -30.0]])
+    lp = D.tanh_gaussian_log_prob(torch.zeros(1, 2), torch.zeros(1, 2), u, torch.ones(2))
+    assert torch.isfinite(lp).all()
+
+
+def test_gaussian_entropy_by_hand():
+    log_std = torch.tensor([0.0, math.log(2.0)])
+    expected = 0.5 * math.log(2 * math.pi * math.e) * 2 + math.log(2.0)
+    assert D.gaussian_entropy(log_std).item() == pytest.approx(expected)
+
+
+def test_normalize_per_task():
+    x = torch.tensor([[1.0, 2.0, 3.0], [10.0, 20.0, 30.0]])
+    y = F.normalize(x, dim=-1)
+    torch.testing.assert_close(y[0], y[1])
+    torch.testing.assert_close(y.mean(-1), torch.zeros(2), atol=1e-6, rtol=0)
