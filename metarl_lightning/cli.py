@@ -55,9 +55,20 @@ def check_overrides(config_name: str, argv: list[str] | None = None) -> None:
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = compose(config_name, overrides=overrides)
-            OmegaConf.to_container(cfg.get("benchmark"))  # touch typed nodes
+            missing = [k for k in cfg if OmegaConf.is_missing(cfg, k)]
+            if missing:
+                raise _Missing(missing[0])
+    except _Missing as err:
+        print(f"error: {err.key} is required; pass {err.key}=...", file=sys.stderr)
+        sys.exit(2)
     except Exception as err:  # noqa: BLE001  (any composition failure is a user error here)
         print(f"error: {_describe(err, overrides)}", file=sys.stderr)
         sys.exit(2)
     finally:
         GlobalHydra.instance().clear()
+
+
+class _Missing(Exception):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key

@@ -82,6 +82,18 @@ class DataConfig:
 
 
 @dataclass
+class EvalConfig:
+    """Meta-World protocol settings (metaworld.evaluation defaults)."""
+
+    num_evals: int = 10  # ML: rounds of fresh test goals
+    adaptation_episodes: int = 10  # ML: episodes collected before the inner update
+    evaluation_episodes: int = 3  # ML: episodes scored after adaptation
+    mt_episodes: int = 50  # MT: episodes per task
+    meta_batch_size: int | None = None  # eval sub-envs; None: 5 per class for ML1, else 1
+    deterministic: bool = True  # evaluate the mean action
+
+
+@dataclass
 class PathsConfig:
     output_dir: str = MISSING
     root_dir: str = MISSING
@@ -97,6 +109,7 @@ class TrainConfig:
     callbacks: Any = None
     experiment: Any = None
     data: DataConfig = field(default_factory=DataConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     task_name: str = "train"
     seed: int = 1
@@ -105,9 +118,22 @@ class TrainConfig:
     optimized_metric: str = "train/success_post"
 
 
+@dataclass
+class EvaluateConfig:
+    ckpt_path: str = MISSING
+    task_name: str = "evaluate"
+    split: str = "test"
+    seed: int = 1
+    benchmark: dict[str, Any] = field(default_factory=dict)  # overrides of the run's benchmark
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    num_workers: int | None = None
+    vector_strategy: str = "process"
+
+
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
+    cs.store(name="eval_schema", node=EvaluateConfig)
     cs.store(group="benchmark", name="benchmark_schema", node=BenchmarkConfig)
     cs.store(group="model", name="actor_critic_schema", node=ModelConfig)
     cs.store(group="algorithm", name="maml_ppo_schema", node=MAMLPPOConfig)

@@ -26,6 +26,11 @@ TINY = [
     "trainer.enable_model_summary=false",
     "algorithm.outer_epochs=2",
     "data.vector_strategy=sync",
+    "callbacks.meta_eval.num_evals=1",
+    "callbacks.meta_eval.mt_episodes=1",
+    "eval.adaptation_episodes=2",
+    "eval.evaluation_episodes=1",
+    "callbacks.last_checkpoint.every_n_train_steps=1",
 ]
 
 

@@ -8,10 +8,12 @@ details of PPO"): advantage normalisation, global grad-norm clipping, orthogonal
 from __future__ import annotations
 
 import math
+import random
 import time
 from collections.abc import Callable
 
 import lightning as L
+import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call, vmap
@@ -80,13 +82,22 @@ class MAMLPPO(L.LightningModule):
     def sampling_params(self, num_tasks: int) -> Params:
         return {k: p.detach().expand(num_tasks, *p.shape) for k, p in self.meta_params().items()}
 
-    @torch.no_grad()
-    def act(self, params: Params, obs: torch.Tensor):
+    def _forward(self, params: Params, obs: torch.Tensor):
         # obs (T, B, obs) -> one batched forward with each task's own parameters
         actor = self.policy.actor
         buffers = dict(actor.named_buffers())
-        mean, log_std = vmap(lambda p, o: functional_call(actor, {**buffers, **p}, (o,)))(
+        return vmap(lambda p, o: functional_call(actor, {**buffers, **p}, (o,)))(
             params, obs.to(self.device))
+
+    @torch.no_grad()
+    def mean_action(self, params: Params, obs: torch.Tensor) -> torch.Tensor:
+        mean, _ = self._forward(params, obs)
+        return squash(mean, self.policy.actor.action_scale, self.policy.actor.action_bias)
+
+    @torch.no_grad()
+    def act(self, params: Params, obs: torch.Tensor):
+        actor = self.policy.actor
+        mean, log_std = self._forward(params, obs)
         raw = mean + log_std.exp() * torch.randn_like(mean)
         logp = tanh_gaussian_log_prob(mean, log_std, raw, actor.action_scale)
         return squash(raw, actor.action_scale, actor.action_bias), raw, logp
@@ -197,9 +208,27 @@ class MAMLPPO(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["env_steps"] = self.env_steps
         checkpoint["run_config"] = self.run_config
+        checkpoint["rng_states"] = rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.env_steps = int(checkpoint.get("env_steps", 0))
+        if "rng_states" in checkpoint:
+            set_rng_states(checkpoint["rng_states"])
+
+
+def rng_states() -> dict:
+    """python, numpy and torch RNG states as plain containers (loadable with weights_only)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"python": random.getstate(), "torch": torch.get_rng_state(),
+            "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)]}
+
+
+def set_rng_states(states: dict) -> None:
+    py = states["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    torch.set_rng_state(states["torch"])
+    kind, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
 
 
 def _key(name: str) -> str:

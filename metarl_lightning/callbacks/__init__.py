@@ -1,0 +1,3 @@
+from metarl_lightning.callbacks.evaluation import MetaEvalCallback
+
+__all__ = ["MetaEvalCallback"]

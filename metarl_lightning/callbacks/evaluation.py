@@ -1,0 +1,55 @@
+"""Scheduled meta-test evaluation under Meta-World's protocol, logged as val/*."""
+
+from __future__ import annotations
+
+import lightning as L
+from lightning.pytorch.utilities import rank_zero_warn
+
+from metarl_lightning.evaluation import Evaluator
+
+
+class MetaEvalCallback(L.Callback):
+    """Every `every_n_steps` meta-iterations (and after the last one) run the official protocol
+    and log `val/success_rate`, `val/return`, `val/success_rate/<task>`. The evaluation envs are
+    built on first use and reused."""
+
+    def __init__(self, every_n_steps: int, benchmark: str, env_name: str | None = None,
+                 use_one_hot: bool = False, split: str = "test", seed: int = 1,
+                 at_end: bool = True, **evaluator_kwargs):
+        self.every_n_steps, self.at_end = every_n_steps, at_end
+        self.kwargs = dict(benchmark=benchmark, env_name=env_name, use_one_hot=use_one_hot,
+                           split=split, seed=seed, **evaluator_kwargs)
+        self.evaluator: Evaluator | None = None
+        self.last: dict | None = None
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs,
+                           batch, batch_idx: int) -> None:
+        step = trainer.global_step
+        last = trainer.max_steps > 0 and step >= trainer.max_steps
+        if step % self.every_n_steps and not (self.at_end and last):
+            return
+        if self.evaluator is None:
+            self.evaluator = Evaluator(**self.kwargs)
+        result = self.evaluator.run(pl_module)
+        self.last = result.as_dict()
+        log = {"val/success_rate": result.success_rate, "val/return": result.mean_return}
+        log.update({f"val/success_rate/{task}": v for task, v in result.per_task.items()})
+        pl_module.log_dict(log, on_step=True, batch_size=1)
+        pl_module.log("val_success", result.success_rate, prog_bar=True, logger=False,
+                      batch_size=1)
+        self._wandb_table(trainer, result)
+
+    @staticmethod
+    def _wandb_table(trainer: L.Trainer, result) -> None:
+        for logger in trainer.loggers:
+            if type(logger).__name__ == "WandbLogger":
+                try:
+                    logger.log_table(key="val/per_task_success", columns=["task", "success"],
+                                     data=[[k, v] for k, v in result.per_task.items()])
+                except Exception as err:  # noqa: BLE001  (a table is nice-to-have)
+                    rank_zero_warn(f"could not log the W&B per-task table: {err}")
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.evaluator is not None:
+            self.evaluator.close()
+            self.evaluator = None
