@@ -6,11 +6,9 @@ from typing import NamedTuple, Protocol
 
 import torch
 
+from metarl_lightning.errors import ConfigError  # noqa: F401  (re-export)
+
 Params = dict[str, torch.Tensor]  # name -> tensor; stacked params carry a leading (T,) dim
-
-
-class ConfigError(ValueError):
-    """A user-facing configuration mistake. The message says how to fix it."""
 
 
 class Rollout(NamedTuple):

@@ -15,7 +15,7 @@ import metaworld
 import metaworld.env_dict as env_dict
 from metaworld import _init_each_env  # the per-env builder behind make_ml_envs/make_mt_envs
 
-from metarl_lightning.types import ConfigError
+from metarl_lightning.errors import ConfigError
 
 N_GOALS = 50  # Meta-World generates 50 goals per class (metaworld._N_GOALS)
 OBS_DIM = 39  # every v3 env; MT one-hot ids are appended
