@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 
 os.environ.setdefault("WANDB_MODE", "offline")  # never prompt or touch the network by default
 
@@ -21,6 +22,10 @@ from metarl_lightning.cli import check_overrides
 from metarl_lightning.data import MetaWorldDataModule
 from metarl_lightning.envs.benchmarks import ACTION_DIM
 from metarl_lightning.types import ConfigError
+
+# Known, harmless: we use the `dataloader_iter` training_step on purpose (see maml_ppo.py).
+warnings.filterwarnings("ignore", message=".*dataloader_iter.*")
+warnings.filterwarnings("ignore", message=".*LeafSpec.*")
 
 
 def _instantiate_all(group: DictConfig | None) -> list:

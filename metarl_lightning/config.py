@@ -37,11 +37,11 @@ class MAMLPPOConfig:
     optimizer: Any = MISSING
     scheduler: Any = None
     episodes_per_task: int = 1
-    inner_lr: float = 5e-3
+    inner_lr: float = 0.1
     inner_steps: int = 1
     first_order: bool = False
     learn_inner_lr: bool = False
-    outer_epochs: int = 4
+    outer_epochs: int = 8
     clip: float = 0.2
     vf_coef: float = 0.5
     ent_coef: float = 0.01
@@ -62,7 +62,7 @@ class TrainerConfig:
     num_nodes: int = 1
     strategy: Any = "auto"
     precision: Any = "32-true"
-    max_steps: int = 100  # meta-iterations
+    max_steps: int = 140  # meta-iterations
     max_epochs: int = -1
     log_every_n_steps: int = 1
     num_sanity_val_steps: int = 0

@@ -47,4 +47,5 @@ def compose_cfg(overrides: list[str], tmp_path: Path | None = None) -> DictConfi
 
 @pytest.fixture
 def tiny_cfg(tmp_path):
-    return lambda *extra: compose_cfg(TINY + list(extra), tmp_path)
+    """tiny_cfg(*overrides, out=dir): the shrunk real config, writing under `out` (tmp_path)."""
+    return lambda *extra, out=None: compose_cfg(TINY + list(extra), out or tmp_path)

@@ -38,7 +38,8 @@ def test_parameters_change_and_envs_are_built_once(tiny_cfg, monkeypatch):
 
     calls = []
     real = B.make_env_fns
-    monkeypatch.setattr(B, "make_env_fns", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(B, "make_env_fns",
+                        lambda *a, **k: calls.append(k["split"]) or real(*a, **k))
     import metarl_lightning.data.datamodule as dm
     monkeypatch.setattr(dm.mw, "make_env_fns", B.make_env_fns)
     cfg = tiny_cfg("trainer.max_steps=3")
@@ -51,7 +52,9 @@ def test_parameters_change_and_envs_are_built_once(tiny_cfg, monkeypatch):
     _, objs = train(cfg)
     after = dict(objs["module"].named_parameters())
     assert all(not torch.equal(seen[k], after[k]) for k in seen if "log_std" not in k)
-    assert len(calls) == 1  # built once in setup(), re-tasked every iteration
+    # training envs built once in setup() and re-tasked every iteration; the end-of-run
+    # evaluation builds the test split once
+    assert calls == ["train", "test"]
     assert objs["trainer"].global_step == 3  # max_steps counts meta-iterations
 
 

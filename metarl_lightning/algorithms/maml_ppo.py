@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import lightning as L
 import numpy as np
@@ -31,11 +31,11 @@ class MAMLPPO(L.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
         episodes_per_task: int = 1,  # read by the DataModule; stored for the record
-        inner_lr: float = 5e-3,
+        inner_lr: float = 0.1,
         inner_steps: int = 1,
         first_order: bool = False,
         learn_inner_lr: bool = False,  # Meta-SGD (Li et al. 2017): per-parameter inner lrs
-        outer_epochs: int = 4,
+        outer_epochs: int = 8,
         clip: float = 0.2,
         vf_coef: float = 0.5,
         ent_coef: float = 0.01,
@@ -86,8 +86,13 @@ class MAMLPPO(L.LightningModule):
         # obs (T, B, obs) -> one batched forward with each task's own parameters
         actor = self.policy.actor
         buffers = dict(actor.named_buffers())
-        return vmap(lambda p, o: functional_call(actor, {**buffers, **p}, (o,)))(
-            params, obs.to(self.device))
+        obs = obs.to(self.device)
+        if all(p.stride(0) == 0 for p in params.values()):
+            # Shared (pre-adaptation) parameters, expanded over tasks: a plain forward does the
+            # same maths without vmap's per-call overhead (0.2 vs 1.0 ms per step, seed model).
+            return functional_call(actor, {**buffers, **{k: p[0] for k, p in params.items()}},
+                                   (obs,))
+        return vmap(lambda p, o: functional_call(actor, {**buffers, **p}, (o,)))(params, obs)
 
     @torch.no_grad()
     def mean_action(self, params: Params, obs: torch.Tensor) -> torch.Tensor:
@@ -119,7 +124,13 @@ class MAMLPPO(L.LightningModule):
         return {k: v.detach() for k, v in adapted.items()}
 
     # --- training ----------------------------------------------------------------------------
-    def training_step(self, batch: MetaBatch, batch_idx: int) -> None:
+    def training_step(self, dataloader_iter: Iterator) -> None:
+        # The batch is pulled here, not passed in: with the (batch, batch_idx) signature
+        # Lightning prefetches the next batch before this update runs, so iteration k+1 would be
+        # collected with pre-update parameters (stale on-policy data) and a checkpoint would hold
+        # RNG and env state one batch ahead (resume could not be exact).
+        batch, _, _ = next(dataloader_iter)
+        batch = self.trainer.strategy.batch_to_device(batch)
         start = time.perf_counter()
         opt, sched = self.optimizers(), self.lr_schedulers()
         support, query = batch.support, batch.query

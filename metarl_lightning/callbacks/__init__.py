@@ -1,3 +1,4 @@
 from metarl_lightning.callbacks.evaluation import MetaEvalCallback
+from metarl_lightning.callbacks.interrupt import CheckpointOnInterrupt
 
-__all__ = ["MetaEvalCallback"]
+__all__ = ["CheckpointOnInterrupt", "MetaEvalCallback"]

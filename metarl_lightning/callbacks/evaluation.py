@@ -49,6 +49,9 @@ class MetaEvalCallback(L.Callback):
                 except Exception as err:  # noqa: BLE001  (a table is nice-to-have)
                     rank_zero_warn(f"could not log the W&B per-task table: {err}")
 
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception) -> None:
+        self.teardown(trainer, pl_module, "fit")  # Lightning skips teardown hooks on errors
+
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.evaluator is not None:
             self.evaluator.close()

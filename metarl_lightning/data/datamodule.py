@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import gymnasium as gym
 import lightning as L
+import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from metarl_lightning import envs as mw
@@ -70,7 +71,10 @@ class MetaWorldDataModule(L.LightningDataModule):
         learner = self.trainer.lightning_module
         # batch_size=None: the stream yields whole meta-batches; num_workers=0: envs live in this
         # process's stepper (which has its own worker processes), the policy in this one.
-        return DataLoader(MetaBatchStream(self.collector, learner), batch_size=None, num_workers=0)
+        # Own generator: building the loader's iterator draws a base seed, which must not consume
+        # the global torch RNG (restored from checkpoints for exact resume).
+        return DataLoader(MetaBatchStream(self.collector, learner), batch_size=None, num_workers=0,
+                          generator=torch.Generator().manual_seed(self.seed))
 
     # Env and task-sampler state travels in the Lightning checkpoint (resume is exact).
     def state_dict(self) -> dict:
@@ -89,6 +93,9 @@ class MetaWorldDataModule(L.LightningDataModule):
         self.collector.total_env_steps = int(state["total_env_steps"])
         self._pending_env_state = None
 
+    def on_exception(self, exception: BaseException) -> None:
+        self.teardown()  # Lightning skips teardown hooks on errors: close the env workers here
+
     def teardown(self, stage: str | None = None) -> None:
         if self.envs is not None:
             self.envs.close()
@@ -100,11 +107,16 @@ def make_vector_env(fns: list, strategy: str, num_workers: int | None) -> gym.ve
     `sync`/`async`: gymnasium's, for comparison (see benchmarks/throughput.py)."""
     same_step = gym.vector.AutoresetMode.SAME_STEP
     if strategy == "sync":
-        return gym.vector.SyncVectorEnv(fns, autoreset_mode=same_step)
-    if strategy == "async":
-        return gym.vector.AsyncVectorEnv(fns, autoreset_mode=same_step)
-    if strategy == "process":
+        envs = gym.vector.SyncVectorEnv(fns, autoreset_mode=same_step)
+    elif strategy == "async":
+        envs = gym.vector.AsyncVectorEnv(fns, autoreset_mode=same_step)
+    elif strategy == "process":
         from metarl_lightning.envs.vector import ProcessVectorEnv
 
-        return ProcessVectorEnv(fns, num_workers=num_workers)
-    raise ValueError(f"vector_strategy must be process, sync or async; got {strategy!r}")
+        envs = ProcessVectorEnv(fns, num_workers=num_workers)
+    else:
+        raise ValueError(f"vector_strategy must be process, sync or async; got {strategy!r}")
+    # Meta-World's CheckpointWrapper ids are "<class>_<env_id>", the same for every sub-env of a
+    # class, so load_checkpoint would give all of them the first one's state. One id per slot:
+    envs.set_attr("env_id", [f"slot{i}" for i in range(envs.num_envs)])
+    return envs

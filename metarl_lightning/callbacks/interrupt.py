@@ -1,0 +1,57 @@
+"""Stop cleanly on SIGTERM or Ctrl-C, with a loadable last.ckpt.
+
+Lightning already turns SIGTERM into a stop between two meta-iterations (SIGTERMException
+after the batch's hooks); we write last.ckpt there. A first Ctrl-C is routed the same way
+(finish the current meta-iteration, checkpoint, exit) instead of interrupting an update half
+applied; a second Ctrl-C aborts at once and keeps the last periodic checkpoint. Checkpoint
+files are written atomically by Lightning (fsspec transaction: temp file, then rename), so a
+kill during a save never replaces the previous good file.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+import lightning as L
+from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+
+class CheckpointOnInterrupt(L.Callback):
+    def __init__(self, dirpath: str, filename: str = "last.ckpt"):
+        self.path = os.path.join(dirpath, filename)
+        self._previous_handler = None
+        self._trainer: L.Trainer | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._trainer = trainer
+        try:
+            self._previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
+        except ValueError:  # not the main thread (e.g. some launchers): leave Ctrl-C alone
+            self._previous_handler = None
+
+    def _on_sigint(self, signum, frame) -> None:
+        trainer = self._trainer
+        if trainer is None or trainer.received_sigterm:
+            raise KeyboardInterrupt
+        print("\nCtrl-C: stopping after this meta-iteration and writing last.ckpt "
+              "(Ctrl-C again to abort now)", file=sys.stderr, flush=True)
+        trainer.received_sigterm = True  # Lightning's own clean-stop path
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                     exception: BaseException) -> None:
+        self._restore()
+        if isinstance(exception, SIGTERMException) and trainer.global_step > 0:
+            trainer.save_checkpoint(self.path)
+            rank_zero_info(f"interrupted at meta-iteration {trainer.global_step}; "
+                           f"resume with ckpt_path={self.path}")
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGINT, self._previous_handler)
+            self._previous_handler = None

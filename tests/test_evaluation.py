@@ -1,0 +1,103 @@
+"""Official-protocol evaluation, checkpoints, exact resume, evaluate.py."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import lightning as L
+import pytest
+import torch
+
+from metarl_lightning.checkpoints import load_run
+from metarl_lightning.evaluation import Evaluator
+from metarl_lightning.types import ConfigError
+from tests.conftest import ROOT
+from train import train
+
+
+class StopAtStep(L.Callback):
+    """Simulates an interruption after `step` meta-iterations (last.ckpt already written)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step >= self.step:
+            trainer.should_stop = True
+
+
+def _train_rows(path):
+    with open(path) as f:
+        rows = [r for r in csv.DictReader(f) if r.get("train/env_steps")]
+    keys = [k for k in rows[0] if k.startswith("train/") and k != "train/nonfinite_skips"]
+    return [{k: r[k] for k in keys} for r in rows]
+
+
+@pytest.mark.parametrize("bench,extra", [("ml1", []), ("mt1", ["benchmark.meta_batch_size=1"])])
+def test_evaluator_follows_the_protocol_on_tiny_splits(tiny_cfg, bench, extra):
+    cfg = tiny_cfg(f"benchmark={bench}", "trainer.max_steps=1", *extra)
+    _, objs = train(cfg)
+    evaluator = Evaluator(bench.upper(), "reach-v3", cfg.benchmark.use_one_hot, "test", seed=3,
+                          max_episode_steps=10, num_evals=2, adaptation_episodes=2,
+                          evaluation_episodes=1, mt_episodes=2, vector_strategy="sync")
+    try:
+        result = evaluator.run(objs["module"])
+    finally:
+        evaluator.close()
+    assert 0.0 <= result.success_rate <= 1.0
+    assert list(result.per_task) == ["reach-v3"]
+    assert result.split == ("test" if bench == "ml1" else "train")  # MT has no test split
+    if bench == "ml1":  # 5 envs x 2 rounds x (2 adaptation + at most 1 evaluation episode)
+        assert 5 * 2 * 2 * 10 < result.env_steps <= 5 * 2 * 3 * 10
+
+
+def test_resume_reproduces_the_uninterrupted_run_exactly(tiny_cfg, tmp_path):
+    full = tiny_cfg("trainer.max_steps=4")
+    train(full)
+    reference = _train_rows(tmp_path / "csv" / "metrics.csv")
+
+    first_dir, second_dir = tmp_path / "first", tmp_path / "second"
+    first = tiny_cfg("trainer.max_steps=4",
+                     "+callbacks.stop._target_=tests.test_evaluation.StopAtStep",
+                     "+callbacks.stop.step=2", out=first_dir)
+    train(first)
+    ckpt = first_dir / "checkpoints" / "last.ckpt"
+    assert torch.load(ckpt, weights_only=True)["global_step"] == 2  # plain weights_only load
+    resumed = tiny_cfg("trainer.max_steps=4", f"ckpt_path={ckpt}", out=second_dir)
+    train(resumed)
+    after = _train_rows(second_dir / "csv" / "metrics.csv")
+    assert len(reference) == 4 and len(after) == 2
+    assert after == reference[2:]  # iterations 3 and 4, to the last printed digit
+
+
+def test_evaluate_py_writes_eval_json_and_plot(tiny_cfg, tmp_path):
+    train(tiny_cfg())
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    out = tmp_path / "eval"
+    proc = subprocess.run(
+        [sys.executable, "evaluate.py", f"ckpt_path={ckpt}", "eval.num_evals=1",
+         "eval.adaptation_episodes=1", "eval.evaluation_episodes=1", "vector_strategy=sync",
+         f"hydra.run.dir={out}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "eval.json").read_text())
+    for key in ("benchmark", "split", "success_rate", "return", "per_task",
+                "env_steps_trained", "ckpt_path"):
+        assert key in report
+    assert report["benchmark"] == "ML1" and report["split"] == "test"
+    assert report["env_steps_trained"] == 2 * 2 * 2 * 10
+    assert (out / "success.png").stat().st_size > 1000
+    assert "reach-v3" in proc.stdout
+
+
+def test_bad_checkpoints_are_one_line_errors(tiny_cfg, tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_run(str(tmp_path / "missing.ckpt"))
+    bad = tmp_path / "corrupt.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigError, match="corrupt"):
+        load_run(str(bad))
+    train(tiny_cfg("trainer.max_steps=1"))
+    with pytest.raises(ConfigError, match="does not match"):
+        load_run(str(tmp_path / "checkpoints" / "last.ckpt"), {"name": "MT10", "env_name": None,
+                                                               "use_one_hot": True})
