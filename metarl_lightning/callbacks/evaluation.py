@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import lightning as L
+import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
 from metarl_lightning.evaluation import Evaluator
@@ -34,9 +35,13 @@ class MetaEvalCallback(L.Callback):
         self.last = result.as_dict()
         log = {"val/success_rate": result.success_rate, "val/return": result.mean_return}
         log.update({f"val/success_rate/{task}": v for task, v in result.per_task.items()})
-        pl_module.log_dict(log, on_step=True, batch_size=1)
-        pl_module.log("val_success", result.success_rate, prog_bar=True, logger=False,
-                      batch_size=1)
+        # Straight to the loggers: a value logged through `self.log` in a batch hook is re-logged
+        # on every later step. callback_metrics is what ModelCheckpoint(monitor=...) reads.
+        log["val/env_steps"] = float(getattr(pl_module, "env_steps", 0))  # x-axis
+        for logger in trainer.loggers:
+            logger.log_metrics(log, step=step)
+        trainer.callback_metrics.update({k: torch.tensor(v) for k, v in log.items()})
+        trainer.progress_bar_metrics["val_success"] = result.success_rate
         self._wandb_table(trainer, result)
 
     @staticmethod

@@ -1,9 +1,10 @@
 """Stop cleanly on SIGTERM or Ctrl-C, with a loadable last.ckpt.
 
 Lightning already turns SIGTERM into a stop between two meta-iterations (SIGTERMException
-after the batch's hooks); we write last.ckpt there. A first Ctrl-C is routed the same way
-(finish the current meta-iteration, checkpoint, exit) instead of interrupting an update half
-applied; a second Ctrl-C aborts at once and keeps the last periodic checkpoint. Checkpoint
+after the batch's hooks); we write last.ckpt there. A first Ctrl-C asks for a clean stop too
+(`trainer.should_stop`: finish the current meta-iteration, write last.ckpt in on_train_end,
+exit 0) instead of interrupting an update half applied; a second Ctrl-C aborts at once and
+keeps the last periodic checkpoint. Checkpoint
 files are written atomically by Lightning (fsspec transaction: temp file, then rename), so a
 kill during a save never replaces the previous good file.
 """
@@ -24,6 +25,7 @@ class CheckpointOnInterrupt(L.Callback):
         self.path = os.path.join(dirpath, filename)
         self._previous_handler = None
         self._trainer: L.Trainer | None = None
+        self._stop_requested = False
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._trainer = trainer
@@ -34,19 +36,27 @@ class CheckpointOnInterrupt(L.Callback):
 
     def _on_sigint(self, signum, frame) -> None:
         trainer = self._trainer
-        if trainer is None or trainer.received_sigterm:
+        if trainer is None or self._stop_requested:
             raise KeyboardInterrupt
         print("\nCtrl-C: stopping after this meta-iteration and writing last.ckpt "
               "(Ctrl-C again to abort now)", file=sys.stderr, flush=True)
-        trainer.received_sigterm = True  # Lightning's own clean-stop path
+        self._stop_requested = True
+        trainer.should_stop = True
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._stop_requested and trainer.global_step > 0:
+            self._save(trainer)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule,
                      exception: BaseException) -> None:
         self._restore()
         if isinstance(exception, SIGTERMException) and trainer.global_step > 0:
-            trainer.save_checkpoint(self.path)
-            rank_zero_info(f"interrupted at meta-iteration {trainer.global_step}; "
-                           f"resume with ckpt_path={self.path}")
+            self._save(trainer)
+
+    def _save(self, trainer: L.Trainer) -> None:
+        trainer.save_checkpoint(self.path)
+        rank_zero_info(f"interrupted at meta-iteration {trainer.global_step}; "
+                       f"resume with ckpt_path={self.path}")
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._restore()
