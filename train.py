@@ -57,6 +57,12 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
     trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
     for logger in loggers:
         logger.log_hyperparams(module.run_config)
+        if type(logger).__name__ == "WandbLogger":  # W&B curves against env steps, not updates
+            logger.experiment.define_metric("train/env_steps")
+            logger.experiment.define_metric("train/*", step_metric="train/env_steps")
+            logger.experiment.define_metric("perf/*", step_metric="train/env_steps")
+            logger.experiment.define_metric("val/env_steps")
+            logger.experiment.define_metric("val/*", step_metric="val/env_steps")
     print(f"policy: {policy.num_params():,} parameters; benchmark {b.name} "
           f"{datamodule.info.train_classes if b.name.endswith('1') else ''}; "
           f"output: {cfg.paths.output_dir}")
