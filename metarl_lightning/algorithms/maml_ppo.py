@@ -172,7 +172,7 @@ class MAMLPPO(L.LightningModule):
 
     def _skip_nonfinite(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
         self._nonfinite_in_a_row += 1
-        self.log("train/nonfinite_skips", float(self._nonfinite_in_a_row))
+        self.log("train/nonfinite_skips", float(self._nonfinite_in_a_row), batch_size=1)
         if self._nonfinite_in_a_row >= self.hparams.max_nonfinite_steps:
             raise FloatingPointError(
                 f"non-finite loss ({loss.item()}) or grad norm ({grad_norm.item()}) for "
