@@ -15,6 +15,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from metarl_lightning.envs.vector import child_env
+
 
 def _replay(env_fn: Callable, episodes: list[np.ndarray], path: str, every: int,
             fps: int) -> None:
@@ -43,20 +45,11 @@ def render_episode_gif(env_fn: functools.partial, episodes: list[np.ndarray], pa
     gl = gl or os.environ.get("MUJOCO_GL") or "osmesa"
     fn = functools.partial(env_fn.func, *env_fn.args, **{
         **env_fn.keywords, "render_mode": "rgb_array", "width": size, "height": size})
-    saved = {k: os.environ.get(k) for k in ("MUJOCO_GL", "PYOPENGL_PLATFORM")}
-    os.environ["MUJOCO_GL"] = gl
-    if gl in ("osmesa", "egl"):
-        os.environ["PYOPENGL_PLATFORM"] = gl
-    try:
+    gl_vars = {"MUJOCO_GL": gl, **({"PYOPENGL_PLATFORM": gl} if gl in ("osmesa", "egl") else {})}
+    with child_env(**gl_vars):
         proc = mp.get_context("spawn").Process(target=_replay, args=(fn, episodes, path, every,
                                                                      fps))
         proc.start()
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     proc.join(timeout)
     if proc.is_alive():
         proc.kill()

@@ -146,10 +146,11 @@ def _worker_main(conn, env_fns) -> None:
 
 
 @contextlib.contextmanager
-def _single_threaded_blas():
-    """Spawned children inherit os.environ at start(); restore the parent's values after."""
-    saved = {var: os.environ.get(var) for var in _BLAS_VARS}
-    os.environ.update(dict.fromkeys(_BLAS_VARS, "1"))
+def child_env(**variables: str):
+    """Set environment variables for processes started inside the block (spawned children
+    inherit os.environ at start()); the parent's values are restored afterwards."""
+    saved = {var: os.environ.get(var) for var in variables}
+    os.environ.update(variables)
     try:
         yield
     finally:
@@ -195,7 +196,7 @@ class ProcessVectorEnv(gym.vector.VectorEnv):
             raise
 
     def _start(self, ctx, env_fns) -> None:
-        with _single_threaded_blas():
+        with child_env(**dict.fromkeys(_BLAS_VARS, "1")):
             for lo, hi in self._slices:
                 parent_conn, child_conn = ctx.Pipe()
                 proc = ctx.Process(target=_worker_main, args=(child_conn, env_fns[lo:hi]),
