@@ -25,7 +25,8 @@ from metarl_lightning.types import ConfigError
 
 
 def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
-    module, run_cfg, ckpt = load_run(cfg.ckpt_path, OmegaConf.to_container(cfg.benchmark))
+    overrides = {k: v for k, v in OmegaConf.to_container(cfg.benchmark).items() if v is not None}
+    module, run_cfg, ckpt = load_run(cfg.ckpt_path, overrides)
     b, e = run_cfg.benchmark, cfg.eval
     evaluator = Evaluator(
         b.name, b.env_name, b.use_one_hot, cfg.split, cfg.seed,

@@ -37,8 +37,9 @@ def _describe(err: BaseException, overrides: list[str]) -> str:
             key = e.full_key
             if isinstance(e, ConfigKeyError) or "not in" in str(e):
                 parent = key.rsplit(".", 1)[0] if "." in key else ""
+                script = Path(sys.argv[0]).name or "train.py"
                 return (f"unknown config key {key!r}; check the spelling"
-                        + (f" against the keys of {parent!r} (python train.py --cfg job)"
+                        + (f" against the keys of {parent!r} (python {script} --cfg job)"
                            if parent else ""))
             msg = str(e).splitlines()[0]
             return f"bad value for {key}: {msg}; pass a value of the declared type"

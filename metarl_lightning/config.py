@@ -119,12 +119,20 @@ class TrainConfig:
 
 
 @dataclass
+class BenchmarkOverrides:
+    """What evaluate.py may change about the checkpoint's benchmark (None: keep the run's)."""
+
+    max_episode_steps: int | None = None
+    reward_function_version: str | None = None
+
+
+@dataclass
 class EvaluateConfig:
     ckpt_path: str = MISSING
     task_name: str = "evaluate"
     split: str = "test"
     seed: int = 1
-    benchmark: dict[str, Any] = field(default_factory=dict)  # overrides of the run's benchmark
+    benchmark: BenchmarkOverrides = field(default_factory=BenchmarkOverrides)
     eval: EvalConfig = field(default_factory=EvalConfig)
     num_workers: int | None = None
     vector_strategy: str = "process"
