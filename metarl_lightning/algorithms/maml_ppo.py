@@ -137,14 +137,18 @@ class MAMLPPO(L.LightningModule):
         q_adv = F.normalize(query.advantages, dim=-1)
         returns = torch.cat([support.returns, query.returns], 1)
         all_obs = torch.cat([support.obs, query.obs], 1)
-        with torch.no_grad():
-            inner = vmap(F.inner_loss, in_dims=(None, None, 0, 0, 0, 0))(
-                self.log_prob_fn, self.meta_params(), support.obs, support.raw_actions,
-                support.log_probs, F.normalize(support.advantages, dim=-1)).mean()
         hp = self.hparams
         metrics: dict[str, torch.Tensor] = {}
         for epoch in range(hp.outer_epochs):
             adapted = self.adapt(self.meta_params(), support, first_order=hp.first_order)
+            if epoch == 0:
+                # Support surrogate after the inner step. Before it, every ratio is 1 and the
+                # normalised advantages average 0, so the loss is 0: negative = adaptation helps.
+                with torch.no_grad():
+                    inner = vmap(F.inner_loss, in_dims=(None, 0, 0, 0, 0, 0))(
+                        self.log_prob_fn, {k: v.detach() for k, v in adapted.items()},
+                        support.obs, support.raw_actions, support.log_probs,
+                        F.normalize(support.advantages, dim=-1)).mean()
             log_probs = vmap(self.log_prob_fn)(adapted, query.obs, query.raw_actions)  # (T, N)
             policy_loss, stats = F.ppo_clip_loss(log_probs, query.log_probs, q_adv, hp.clip)
             values = self.policy.value(all_obs)
