@@ -30,7 +30,6 @@ class MetaBatch(NamedTuple):
 
     support: Rollout
     query: Rollout
-    task_ids: torch.Tensor  # (T,) benchmark class index of each task slot
     stats: dict[str, float]  # episode returns/success before and after adaptation, env steps
 
 

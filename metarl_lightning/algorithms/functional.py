@@ -83,15 +83,19 @@ def explained_variance(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor
 LogProbFn = Callable[[Params, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def actor_forward(actor: torch.nn.Module, params: Params,
+                  obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The actor's (mean, log_std) with `params` substituted. Buffers (action bounds) are read
+    from the module at call time, so they follow it across `.to(device)`."""
+    return functional_call(actor, {**dict(actor.named_buffers()), **params}, (obs,))
+
+
 def make_log_prob_fn(actor: torch.nn.Module) -> LogProbFn:
-    """(params, obs (N, obs), raw_actions (N, act)) -> log-probs (N,) via `functional_call`.
-    Buffers (action bounds) come from the module; only `params` are substituted."""
-    buffers = dict(actor.named_buffers())
+    """(params, obs (N, obs), raw_actions (N, act)) -> log-probs (N,) via `actor_forward`."""
 
     def log_prob(params: Params, obs: torch.Tensor, raw_actions: torch.Tensor) -> torch.Tensor:
-        merged = {**buffers, **params}
-        mean, log_std = functional_call(actor, merged, (obs,))
-        return tanh_gaussian_log_prob(mean, log_std, raw_actions, merged["action_scale"])
+        mean, log_std = actor_forward(actor, params, obs)
+        return tanh_gaussian_log_prob(mean, log_std, raw_actions, actor.action_scale)
 
     return log_prob
 

@@ -21,7 +21,6 @@ class MetaEvalCallback(L.Callback):
         self.kwargs = dict(benchmark=benchmark, env_name=env_name, use_one_hot=use_one_hot,
                            split=split, seed=seed, **evaluator_kwargs)
         self.evaluator: Evaluator | None = None
-        self.last: dict | None = None
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs,
                            batch, batch_idx: int) -> None:
@@ -32,7 +31,6 @@ class MetaEvalCallback(L.Callback):
         if self.evaluator is None:
             self.evaluator = Evaluator(**self.kwargs)
         result = self.evaluator.run(pl_module)
-        self.last = result.as_dict()
         log = {"val/success_rate": result.success_rate, "val/return": result.mean_return}
         log.update({f"val/success_rate/{task}": v for task, v in result.per_task.items()})
         # Straight to the loggers: a value logged through `self.log` in a batch hook is re-logged

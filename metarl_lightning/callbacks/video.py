@@ -10,6 +10,7 @@ import numpy as np
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
 from metarl_lightning import envs as mw
+from metarl_lightning.data.collector import single_threaded_torch
 from metarl_lightning.envs.render import render_episode_gif
 from metarl_lightning.evaluation import MetaLearnerAgent
 
@@ -54,31 +55,32 @@ class VideoCallback(L.Callback):
 
     def _record(self, learner) -> list[np.ndarray]:
         """Actions of the adaptation episodes and of the filmed one, on an identical env."""
+        from metaworld.evaluation import Timestep
+
         envs = gym.vector.SyncVectorEnv([self.env_fn],
                                         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
         agent = MetaLearnerAgent(learner, 1)
-        from metaworld.evaluation import Timestep
-
         episodes: list[np.ndarray] = []
         try:
-            envs.call("sample_tasks")
-            for k in range(self.adaptation_episodes + 1):
-                obs, _ = envs.reset()
-                actions, done = [], False
-                while not done:
-                    if k < self.adaptation_episodes:
-                        action, aux = agent.adapt_action(obs)
-                    else:
-                        action = agent.eval_action(obs)
-                    next_obs, reward, term, trunc, _ = envs.step(action)
-                    if k < self.adaptation_episodes:
-                        agent.step(Timestep(obs, action, reward, term, trunc, aux))
-                    actions.append(action[0])
-                    done = bool(term[0] or trunc[0])
-                    obs = next_obs
-                episodes.append(np.asarray(actions))
-                if k == self.adaptation_episodes - 1:
-                    agent.adapt()
+            with single_threaded_torch():  # per-step forwards: one intra-op thread
+                envs.call("sample_tasks")
+                for k in range(self.adaptation_episodes + 1):
+                    obs, _ = envs.reset()
+                    actions, done = [], False
+                    while not done:
+                        if k < self.adaptation_episodes:
+                            action, aux = agent.adapt_action(obs)
+                        else:
+                            action = agent.eval_action(obs)
+                        next_obs, reward, term, trunc, _ = envs.step(action)
+                        if k < self.adaptation_episodes:
+                            agent.step(Timestep(obs, action, reward, term, trunc, aux))
+                        actions.append(action[0])
+                        done = bool(term[0] or trunc[0])
+                        obs = next_obs
+                    episodes.append(np.asarray(actions))
+                    if k == self.adaptation_episodes - 1:
+                        agent.adapt()
         finally:
             envs.close()
         return episodes

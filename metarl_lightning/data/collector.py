@@ -21,16 +21,14 @@ class RolloutCollector:
     are contiguous, episode k occupying steps [k*H, (k+1)*H).
     """
 
-    def __init__(self, envs: gym.vector.VectorEnv, task_ids: list[int], episodes_per_task: int,
+    def __init__(self, envs: gym.vector.VectorEnv, episodes_per_task: int,
                  max_episode_steps: int):
         self.envs = envs
-        self.task_ids = torch.as_tensor(task_ids)
         self.episodes = episodes_per_task
         self.horizon = max_episode_steps
         self.num_tasks = envs.num_envs
         self.obs_dim = int(np.prod(envs.single_observation_space.shape))
         self.act_dim = int(np.prod(envs.single_action_space.shape))
-        self.total_env_steps = 0  # restored from checkpoints by the DataModule
 
     def collect(self, learner: MetaLearner) -> MetaBatch:
         with single_threaded_torch():
@@ -48,14 +46,13 @@ class RolloutCollector:
         query, obs, ret_post, succ_post = self._run(learner, adapted, obs)
         query = learner.process_rollout(query)
         steps = 2 * self.num_tasks * self.episodes * self.horizon
-        self.total_env_steps += steps
         elapsed = time.perf_counter() - start
         stats = {
             "return_pre": float(ret_pre.mean()), "return_post": float(ret_post.mean()),
             "success_pre": float(succ_pre.mean()), "success_post": float(succ_post.mean()),
             "env_steps": float(steps), "collect_time": elapsed,
         }
-        return MetaBatch(support, query, self.task_ids.clone(), stats)
+        return MetaBatch(support, query, stats)
 
     @torch.no_grad()
     def _run(self, learner: MetaLearner, params: Params, obs: np.ndarray):

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from metarl_lightning import envs as mw
 from metarl_lightning.data.collector import RolloutCollector
+from metarl_lightning.envs import make_vector_env
 from metarl_lightning.types import MetaBatch, MetaLearner
 
 
@@ -60,10 +61,8 @@ class MetaWorldDataModule(L.LightningDataModule):
         got = self.envs.single_observation_space.shape[0]
         if got != self.info.obs_dim:
             raise RuntimeError(f"env observation size {got} != expected {self.info.obs_dim}")
-        self.collector = RolloutCollector(
-            self.envs, mw.task_ids(self.info, self.meta_batch_size, "train"),
-            self.episodes_per_task, self.max_episode_steps,
-        )
+        self.collector = RolloutCollector(self.envs, self.episodes_per_task,
+                                          self.max_episode_steps)
         if self._pending_env_state is not None:
             self.load_state_dict(self._pending_env_state)
 
@@ -80,8 +79,7 @@ class MetaWorldDataModule(L.LightningDataModule):
     def state_dict(self) -> dict:
         if self.envs is None:
             return {}
-        return {"env_checkpoints": list(self.envs.call("get_checkpoint")),
-                "total_env_steps": self.collector.total_env_steps}
+        return {"env_checkpoints": list(self.envs.call("get_checkpoint"))}
 
     def load_state_dict(self, state: dict) -> None:
         if not state:
@@ -90,7 +88,6 @@ class MetaWorldDataModule(L.LightningDataModule):
             self._pending_env_state = state
             return
         self.envs.call("load_checkpoint", state["env_checkpoints"])
-        self.collector.total_env_steps = int(state["total_env_steps"])
         self._pending_env_state = None
 
     def on_exception(self, exception: BaseException) -> None:
@@ -100,23 +97,3 @@ class MetaWorldDataModule(L.LightningDataModule):
         if self.envs is not None:
             self.envs.close()
             self.envs = None
-
-
-def make_vector_env(fns: list, strategy: str, num_workers: int | None) -> gym.vector.VectorEnv:
-    """`process`: our ProcessVectorEnv, one worker per core each stepping several envs;
-    `sync`/`async`: gymnasium's, for comparison (see benchmarks/throughput.py)."""
-    same_step = gym.vector.AutoresetMode.SAME_STEP
-    if strategy == "sync":
-        envs = gym.vector.SyncVectorEnv(fns, autoreset_mode=same_step)
-    elif strategy == "async":
-        envs = gym.vector.AsyncVectorEnv(fns, autoreset_mode=same_step)
-    elif strategy == "process":
-        from metarl_lightning.envs.vector import ProcessVectorEnv
-
-        envs = ProcessVectorEnv(fns, num_workers=num_workers)
-    else:
-        raise ValueError(f"vector_strategy must be process, sync or async; got {strategy!r}")
-    # Meta-World's CheckpointWrapper ids are "<class>_<env_id>", the same for every sub-env of a
-    # class, so load_checkpoint would give all of them the first one's state. One id per slot:
-    envs.set_attr("env_id", [f"slot{i}" for i in range(envs.num_envs)])
-    return envs

@@ -8,14 +8,17 @@ from metarl_lightning.envs.benchmarks import (
     task_ids,
     valid_meta_batch_sizes,
 )
+from metarl_lightning.envs.vector import ProcessVectorEnv, make_vector_env
 
 __all__ = [
     "BENCHMARKS",
     "ENV_NAMES",
     "BenchmarkInfo",
+    "ProcessVectorEnv",
     "check_meta_batch_size",
     "describe",
     "make_env_fns",
+    "make_vector_env",
     "task_ids",
     "valid_meta_batch_sizes",
 ]

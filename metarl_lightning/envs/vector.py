@@ -41,7 +41,7 @@ from gymnasium.spaces import Box, MultiBinary, MultiDiscrete
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 from gymnasium.vector.utils import batch_space
 
-__all__ = ["ProcessVectorEnv", "merge_infos"]
+__all__ = ["ProcessVectorEnv", "make_vector_env", "merge_infos"]
 
 _BLAS_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 _ARRAY_SPACES = (Box, MultiDiscrete, MultiBinary)  # batched as one ndarray (Discrete -> MD)
@@ -402,3 +402,21 @@ class ProcessVectorEnv(gym.vector.VectorEnv):
         message = f"{self._describe(w)} failed in {cmd!r}: {why}; the vector env is now closed"
         self.close(terminate=True)
         raise RuntimeError(message)
+
+
+def make_vector_env(fns: list, strategy: str, num_workers: int | None) -> gym.vector.VectorEnv:
+    """`process`: our ProcessVectorEnv, one worker per core each stepping several envs;
+    `sync`/`async`: gymnasium's, for comparison (see benchmarks/throughput.py)."""
+    same_step = gym.vector.AutoresetMode.SAME_STEP
+    if strategy == "sync":
+        envs = gym.vector.SyncVectorEnv(fns, autoreset_mode=same_step)
+    elif strategy == "async":
+        envs = gym.vector.AsyncVectorEnv(fns, autoreset_mode=same_step)
+    elif strategy == "process":
+        envs = ProcessVectorEnv(fns, num_workers=num_workers)
+    else:
+        raise ValueError(f"vector_strategy must be process, sync or async; got {strategy!r}")
+    # Meta-World's CheckpointWrapper ids are "<class>_<env_id>", the same for every sub-env of a
+    # class, so load_checkpoint would give all of them the first one's state. One id per slot:
+    envs.set_attr("env_id", [f"slot{i}" for i in range(envs.num_envs)])
+    return envs

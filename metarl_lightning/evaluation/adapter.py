@@ -1,6 +1,7 @@
 """Adapter from a meta-learner (the LightningModule) to Meta-World's agent protocol.
 
-`metaworld.evaluation` drives the episodes; this class only answers its calls:
+`metaworld.evaluation` drives the episodes; this class only answers its calls (callers run it
+under `single_threaded_torch`, as the training collector does):
 `init` (fresh meta-parameters), `adapt_action` + `step` (collect adaptation data), `adapt`
 (inner-loop update with the same code as training), `eval_action` and `reset`.
 """
@@ -12,7 +13,6 @@ import numpy.typing as npt
 import torch
 from metaworld.evaluation import Timestep
 
-from metarl_lightning.data.collector import single_threaded_torch
 from metarl_lightning.types import MetaLearner, Params, Rollout
 
 
@@ -28,8 +28,7 @@ class MetaLearnerAgent:
         self._steps = []
 
     def adapt_action(self, observations: npt.NDArray) -> tuple[npt.NDArray, dict[str, npt.NDArray]]:
-        with single_threaded_torch():
-            action, raw, logp = self.learner.act(self.params, _obs(observations))
+        action, raw, logp = self.learner.act(self.params, _obs(observations))
         return action[:, 0].cpu().numpy(), {"raw": raw[:, 0].cpu().numpy(),
                                             "log_prob": logp[:, 0].cpu().numpy()}
 
@@ -44,11 +43,10 @@ class MetaLearnerAgent:
 
     # Agent protocol ---------------------------------------------------------------------------
     def eval_action(self, observations: npt.NDArray) -> npt.NDArray:
-        with single_threaded_torch():
-            if self.deterministic:
-                action = self.learner.mean_action(self.params, _obs(observations))
-            else:
-                action = self.learner.act(self.params, _obs(observations))[0]
+        if self.deterministic:
+            action = self.learner.mean_action(self.params, _obs(observations))
+        else:
+            action = self.learner.act(self.params, _obs(observations))[0]
         return action[:, 0].cpu().numpy()
 
     def reset(self, env_mask: npt.NDArray[np.bool_]) -> None:

@@ -15,6 +15,8 @@ import gymnasium as gym
 import metaworld.evaluation as mw_eval
 
 from metarl_lightning import envs as mw
+from metarl_lightning.data.collector import single_threaded_torch
+from metarl_lightning.envs import make_vector_env
 from metarl_lightning.evaluation.adapter import MetaLearnerAgent
 from metarl_lightning.types import MetaLearner
 
@@ -55,7 +57,7 @@ class Evaluator:
         mw.check_meta_batch_size(self.info, self.meta_batch_size, split)
         self.num_evals, self.adaptation_episodes = num_evals, adaptation_episodes
         self.evaluation_episodes, self.mt_episodes = evaluation_episodes, mt_episodes
-        self.deterministic, self.max_episode_steps = deterministic, max_episode_steps
+        self.deterministic = deterministic
         fns = mw.make_env_fns(
             self.info, split=split, meta_batch_size=self.meta_batch_size, benchmark_seed=seed,
             env_seed=seed + 10_000,  # evaluation draws its own goal order and noise
@@ -63,21 +65,20 @@ class Evaluator:
             task_select="random" if self.info.kind == "mt" else "pseudorandom",
             reward_function_version=reward_function_version,
         )
-        from metarl_lightning.data.datamodule import make_vector_env
-
         self.envs: gym.vector.VectorEnv = make_vector_env(fns, vector_strategy, num_workers)
 
     def run(self, learner: MetaLearner) -> EvalResult:
         start = time.perf_counter()
         agent = MetaLearnerAgent(learner, self.envs.num_envs, self.deterministic)
         counter = _StepCounter(self.envs)
-        if self.info.kind == "ml":
-            success, ret, per_task = mw_eval.metalearning_evaluation(
-                agent, counter, num_evals=self.num_evals,
-                adaptation_episodes=self.adaptation_episodes,
-                evaluation_episodes=self.evaluation_episodes)
-        else:
-            success, ret, per_task, _ = mw_eval.evaluation(agent, counter, self.mt_episodes)
+        with single_threaded_torch():  # per-step forwards while env workers hold the cores
+            if self.info.kind == "ml":
+                success, ret, per_task = mw_eval.metalearning_evaluation(
+                    agent, counter, num_evals=self.num_evals,
+                    adaptation_episodes=self.adaptation_episodes,
+                    evaluation_episodes=self.evaluation_episodes)
+            else:
+                success, ret, per_task, _ = mw_eval.evaluation(agent, counter, self.mt_episodes)
         return EvalResult(self.info.name, self.split, float(success), float(ret),
                           {k: float(v) for k, v in sorted(per_task.items())}, counter.steps,
                           time.perf_counter() - start)
