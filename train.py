@@ -18,9 +18,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from metarl_lightning import config as schema
+from metarl_lightning.checkpoints import AtomicCheckpointIO, check_resumable
 from metarl_lightning.cli import check_overrides
 from metarl_lightning.data import MetaWorldDataModule
 from metarl_lightning.envs.benchmarks import ACTION_DIM
+from metarl_lightning.errors import EnvFault
 from metarl_lightning.types import ConfigError
 
 # Known, harmless: we use the `dataloader_iter` training_step on purpose (see maml_ppo.py).
@@ -44,17 +46,21 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
         episodes_per_task=cfg.algorithm.episodes_per_task, max_episode_steps=b.max_episode_steps,
         use_one_hot=b.use_one_hot, reward_function_version=b.reward_function_version,
         seed=cfg.seed, num_workers=cfg.data.num_workers, vector_strategy=cfg.data.vector_strategy,
+        env_restarts=cfg.data.env_restarts,
     )
     # Sizes known only now are passed at instantiation (lightning-hydra-template style).
     policy = instantiate(cfg.model, obs_dim=datamodule.info.obs_dim, action_dim=ACTION_DIM)
     module = instantiate(cfg.algorithm, policy=policy)
     # Plain containers only: checkpoints must load with torch.load(weights_only=True).
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
+    if cfg.ckpt_path is not None:
+        check_resumable(cfg.ckpt_path, module)
     loggers = _instantiate_all(cfg.logger)
     callbacks = _instantiate_all(cfg.callbacks)
     if not cfg.trainer.enable_progress_bar:  # Lightning refuses a bar callback then
         callbacks = [c for c in callbacks if not isinstance(c, L.pytorch.callbacks.ProgressBar)]
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
+                                     plugins=[AtomicCheckpointIO()])
     for logger in loggers:
         logger.log_hyperparams(module.run_config)
         if type(logger).__name__ == "WandbLogger":  # W&B curves against env steps, not updates
@@ -78,6 +84,11 @@ def main(cfg: DictConfig) -> float | None:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except EnvFault as err:  # the worker's traceback is in the message; no Python traceback here
+        ckpt = os.path.join(cfg.paths.output_dir, "checkpoints", "last.ckpt")
+        print(f"{err}\nerror: an environment failed (above); set data.env_restarts=N to restart "
+              f"envs automatically; resume with ckpt_path={ckpt}", file=sys.stderr)
+        sys.exit(1)
     return metrics.get(cfg.optimized_metric)
 
 

@@ -79,6 +79,7 @@ class TrainerConfig:
 class DataConfig:
     num_workers: int | None = None  # env worker processes; None = one per available core
     vector_strategy: str = "process"  # process | sync | async
+    env_restarts: int = 0  # rebuild the envs up to N times after a worker dies/raises; 0 = stop
 
 
 @dataclass
@@ -170,6 +171,8 @@ def validate(cfg: Any) -> None:
         "algorithm.inner_lr": cfg.algorithm.get("inner_lr", 1.0),
         "algorithm.outer_epochs": cfg.algorithm.get("outer_epochs", 1),
     }
+    if cfg.data.env_restarts < 0:
+        raise ConfigError(f"data.env_restarts must be >= 0, got {cfg.data.env_restarts}")
     for key, value in positive.items():
         if value is None or value <= 0:
             raise ConfigError(f"{key} must be > 0, got {value}; set e.g. {key}=<positive value>")

@@ -180,7 +180,7 @@ def test_equivalence_with_sync_vector_env():
             proc.step(np.zeros((3, 4)))  # wrong number of envs: rejected in the main process
         # wrong action size: metaworld asserts len(action) == 4 inside the workers
         with pytest.raises(RuntimeError, match=r"(?s)worker 0 \(envs \[0, 1\].*"
-                                               r"SawyerReachEnvV3.*size 4"):
+                                               r"reach-v3.*size 4"):
             proc.step(np.zeros((4, 3)))
     finally:
         proc.close()

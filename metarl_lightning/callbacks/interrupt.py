@@ -1,12 +1,14 @@
-"""Stop cleanly on SIGTERM or Ctrl-C, with a loadable last.ckpt.
+"""Stop cleanly on SIGTERM, Ctrl-C or an env fault, with a loadable last.ckpt.
 
 Lightning already turns SIGTERM into a stop between two meta-iterations (SIGTERMException
 after the batch's hooks); we write last.ckpt there. A first Ctrl-C asks for a clean stop too
 (`trainer.should_stop`: finish the current meta-iteration, write last.ckpt in on_train_end,
 exit 0) instead of interrupting an update half applied; a second Ctrl-C aborts at once and
-keeps the last periodic checkpoint. Checkpoint
-files are written atomically by Lightning (fsspec transaction: temp file, then rename), so a
-kill during a save never replaces the previous good file.
+keeps the last periodic checkpoint. An env fault (EnvFault: a worker died or an env raised,
+restarts exhausted) strikes while collecting, before the iteration's update, so the module is
+whole: last.ckpt is written too (without env state: resuming starts fresh envs). Checkpoint files
+are replaced atomically (`checkpoints.AtomicCheckpointIO`), so a kill during a save never
+replaces the previous good file.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import sys
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from metarl_lightning.errors import EnvFault
 
 
 class CheckpointOnInterrupt(L.Callback):
@@ -50,7 +54,7 @@ class CheckpointOnInterrupt(L.Callback):
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule,
                      exception: BaseException) -> None:
         self._restore()
-        if isinstance(exception, SIGTERMException) and trainer.global_step > 0:
+        if isinstance(exception, SIGTERMException | EnvFault) and trainer.global_step > 0:
             self._save(trainer)
 
     def _save(self, trainer: L.Trainer) -> None:

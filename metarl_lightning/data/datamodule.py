@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
 
 import gymnasium as gym
 import lightning as L
@@ -12,26 +13,47 @@ from torch.utils.data import DataLoader, IterableDataset
 from metarl_lightning import envs as mw
 from metarl_lightning.data.collector import RolloutCollector
 from metarl_lightning.envs import make_vector_env
+from metarl_lightning.errors import EnvFault
 from metarl_lightning.types import MetaBatch, MetaLearner
+
+log = logging.getLogger(__name__)
 
 
 class MetaBatchStream(IterableDataset):
     """Endless stream of meta-batches. The learner is the LightningModule: the stream asks it for
-    actions and sampling-time adaptation; data flows one way, into `training_step`."""
+    actions and sampling-time adaptation; data flows one way, into `training_step`.
 
-    def __init__(self, collector: RolloutCollector, learner: MetaLearner):
+    An env fault (a worker died, hung past its timeout, or an env raised) discards the partial
+    meta-batch; `restart()` rebuilds the envs (at most `restarts` times in the run) or the fault
+    propagates and the run stops with its last checkpoint.
+    """
+
+    def __init__(self, collector: Callable[[], RolloutCollector], learner: MetaLearner,
+                 restart: Callable[[], None], restarts: int = 0):
         self.collector, self.learner = collector, learner
+        self.restart, self.restarts_left = restart, restarts
 
     def __iter__(self) -> Iterator[MetaBatch]:
         while True:
-            yield self.collector.collect(self.learner)
+            try:
+                batch = self.collector().collect(self.learner)
+            except EnvFault as fault:
+                if self.restarts_left <= 0:
+                    raise
+                self.restarts_left -= 1
+                log.warning("env fault, rebuilding the envs (%d restarts left): %s",
+                            self.restarts_left, str(fault).splitlines()[0])
+                self.restart()
+                continue
+            yield batch
 
 
 class MetaWorldDataModule(L.LightningDataModule):
     def __init__(self, benchmark: str, meta_batch_size: int, episodes_per_task: int,
                  env_name: str | None = None, max_episode_steps: int = 500,
                  use_one_hot: bool = False, reward_function_version: str = "v2",
-                 seed: int = 1, num_workers: int | None = None, vector_strategy: str = "process"):
+                 seed: int = 1, num_workers: int | None = None, vector_strategy: str = "process",
+                 env_restarts: int = 0):
         super().__init__()
         self.info = mw.describe(benchmark, env_name, use_one_hot)
         mw.check_meta_batch_size(self.info, meta_batch_size, "train")
@@ -42,6 +64,8 @@ class MetaWorldDataModule(L.LightningDataModule):
         self.seed = seed
         self.num_workers = num_workers
         self.vector_strategy = vector_strategy
+        self.env_restarts = env_restarts
+        self.restarts_done = 0
         self.envs: gym.vector.VectorEnv | None = None
         self.collector: RolloutCollector | None = None
         self._pending_env_state: dict | None = None
@@ -49,6 +73,11 @@ class MetaWorldDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.envs is not None:  # built once per run
             return
+        self._build_envs()
+        if self._pending_env_state is not None:
+            self.load_state_dict(self._pending_env_state)
+
+    def _build_envs(self) -> None:
         rank = self.trainer.global_rank if self.trainer is not None else 0
         fns = mw.make_env_fns(
             self.info, split="train", meta_batch_size=self.meta_batch_size,
@@ -63,8 +92,13 @@ class MetaWorldDataModule(L.LightningDataModule):
             raise RuntimeError(f"env observation size {got} != expected {self.info.obs_dim}")
         self.collector = RolloutCollector(self.envs, self.episodes_per_task,
                                           self.max_episode_steps)
-        if self._pending_env_state is not None:
-            self.load_state_dict(self._pending_env_state)
+
+    def restart_envs(self) -> None:
+        """After an env fault: close whatever is left and build the envs afresh (same seeds)."""
+        self.restarts_done += 1
+        if self.envs is not None:
+            self.envs.close()
+        self._build_envs()
 
     def train_dataloader(self) -> DataLoader:
         learner = self.trainer.lightning_module
@@ -72,14 +106,20 @@ class MetaWorldDataModule(L.LightningDataModule):
         # process's stepper (which has its own worker processes), the policy in this one.
         # Own generator: building the loader's iterator draws a base seed, which must not consume
         # the global torch RNG (restored from checkpoints for exact resume).
-        return DataLoader(MetaBatchStream(self.collector, learner), batch_size=None, num_workers=0,
+        stream = MetaBatchStream(lambda: self.collector, learner, self.restart_envs,
+                                 restarts=self.env_restarts - self.restarts_done)
+        return DataLoader(stream, batch_size=None, num_workers=0,
                           generator=torch.Generator().manual_seed(self.seed))
 
     # Env and task-sampler state travels in the Lightning checkpoint (resume is exact).
     def state_dict(self) -> dict:
         if self.envs is None:
             return {}
-        return {"env_checkpoints": list(self.envs.call("get_checkpoint"))}
+        try:
+            return {"env_checkpoints": list(self.envs.call("get_checkpoint"))}
+        except EnvFault as fault:  # the checkpoint still holds the module; envs start afresh
+            log.warning("env state not saved (%s)", str(fault).splitlines()[0])
+            return {}
 
     def load_state_dict(self, state: dict) -> None:
         if not state:

@@ -41,6 +41,8 @@ from gymnasium.spaces import Box, MultiBinary, MultiDiscrete
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 from gymnasium.vector.utils import batch_space
 
+from metarl_lightning.errors import EnvFault
+
 __all__ = ["ProcessVectorEnv", "make_vector_env", "merge_infos"]
 
 _BLAS_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -117,8 +119,15 @@ class _Worker:
 
 
 def _task_names(worker: _Worker | None) -> list | None:
+    """The task names of a worker's envs, for error messages (Meta-World class names mapped to
+    task names as metaworld.evaluation does; other envs' `task_name` as is)."""
     with contextlib.suppress(Exception):
-        return sorted(set(worker.envs.get_attr("task_name")))
+        names = set(worker.envs.get_attr("task_name"))
+        with contextlib.suppress(ImportError):
+            from metaworld.env_dict import ALL_V3_ENVIRONMENTS
+            by_class = {cls.__name__: name for name, cls in ALL_V3_ENVIRONMENTS.items()}
+            names = {by_class.get(n, n) for n in names}
+        return sorted(names)
     return None
 
 
@@ -169,7 +178,7 @@ class ProcessVectorEnv(gym.vector.VectorEnv):
         num_workers: worker processes; ``None`` = one per usable CPU; clamped to ``len(env_fns)``.
         context: multiprocessing start method.
         step_timeout: seconds to wait for any worker reply (startup included) before the
-            env is closed and ``RuntimeError`` raised.
+            env is closed and ``EnvFault`` (a ``RuntimeError``) raised.
     """
 
     def __init__(self, env_fns: list[Callable[[], gym.Env]], num_workers: int | None = None,
@@ -179,6 +188,7 @@ class ProcessVectorEnv(gym.vector.VectorEnv):
         self._shms: list[SharedMemory] = []
         self._obs = None
         self._tasks: list = []
+        self._fault: str | None = None  # why the env was closed by a worker failure
         self.closed = False
         self.num_envs = len(env_fns)
         if self.num_envs == 0:
@@ -341,6 +351,8 @@ class ProcessVectorEnv(gym.vector.VectorEnv):
         return [hi - lo for lo, hi in self._slices]
 
     def _ensure_open(self) -> None:
+        if self.closed and self._fault:
+            raise EnvFault(f"ProcessVectorEnv was closed by an earlier fault: {self._fault}")
         if self.closed:
             raise RuntimeError("ProcessVectorEnv is closed")
 
@@ -373,7 +385,7 @@ class ProcessVectorEnv(gym.vector.VectorEnv):
                 errors.append(f"{self._describe(w, tasks)} raised in {cmd!r}: {text}\n"
                               f"--- worker traceback ---\n{tb}")
         if errors:
-            raise RuntimeError("\n".join(errors))
+            raise EnvFault("\n".join(errors))
         return replies
 
     def _recv(self, w: int, cmd: str):
@@ -400,8 +412,9 @@ class ProcessVectorEnv(gym.vector.VectorEnv):
     def _fail(self, w: int, cmd: str, why: str):
         """A worker died or hung: the pipes are out of sync, so shut everything down."""
         message = f"{self._describe(w)} failed in {cmd!r}: {why}; the vector env is now closed"
+        self._fault = message
         self.close(terminate=True)
-        raise RuntimeError(message)
+        raise EnvFault(message)
 
 
 def make_vector_env(fns: list, strategy: str, num_workers: int | None) -> gym.vector.VectorEnv:
