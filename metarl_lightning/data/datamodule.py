@@ -64,8 +64,8 @@ class MetaWorldDataModule(L.LightningDataModule):
         # (each slot keeps its own share of its class's goals, so ranks never share a task).
         fns = fns[rank::world]
         num_workers = self.num_workers
-        if num_workers is None and world > 1:  # one env worker per core, shared by local ranks
-            num_workers = max(1, len(os.sched_getaffinity(0)) // self.trainer.num_devices)
+        if num_workers is None and world > 1:
+            num_workers = _workers_per_rank(self.trainer.num_devices)
         if world > 1:  # per-rank action noise (the policy's sampling uses the global RNG)
             torch.manual_seed(self.seed + 1000 * rank)
         self.envs = make_vector_env(fns, self.vector_strategy, num_workers)
@@ -124,3 +124,11 @@ class MetaWorldDataModule(L.LightningDataModule):
 
 def _rank_and_world(trainer: L.Trainer | None) -> tuple[int, int]:
     return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+
+def _workers_per_rank(local_ranks: int) -> int:
+    """Env worker processes per DDP rank: the cores SLURM gave this rank's task, else this
+    machine's cores shared by its ranks (ddp_spawn and local ddp see every core)."""
+    if os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit():
+        return int(os.environ["SLURM_CPUS_PER_TASK"])
+    return max(1, len(os.sched_getaffinity(0)) // local_ranks)
