@@ -6,14 +6,18 @@ Thin by design: validate, seed, instantiate, fit, return metrics. `train(cfg)` i
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import sys
 import warnings
+from typing import NoReturn
 
 os.environ.setdefault("WANDB_MODE", "offline")  # never prompt or touch the network by default
 
 import hydra
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -39,6 +43,10 @@ def _instantiate_all(group: DictConfig | None) -> list:
 
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
     schema.validate(cfg)
+    # hydra/launcher=joblib runs jobs in loky workers whose default start method is "loky",
+    # which the processes they spawn (env workers, DDP ranks) cannot resolve.
+    if mp.get_start_method(allow_none=True) not in mp.get_all_start_methods():
+        mp.set_start_method("spawn", force=True)
     L.seed_everything(cfg.seed, workers=True)
     b = cfg.benchmark
     datamodule = MetaWorldDataModule(
@@ -72,24 +80,60 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
     print(f"policy: {policy.num_params():,} parameters; benchmark {b.name} "
           f"{datamodule.info.train_classes if b.name.endswith('1') else ''}; "
           f"output: {cfg.paths.output_dir}")
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    finally:
+        _finish_wandb()
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     return metrics, {"trainer": trainer, "module": module, "datamodule": datamodule}
 
 
+def _finish_wandb() -> None:
+    """Jobs of a sweep share a process (basic launcher, joblib workers): without this the next
+    job's WandbLogger would attach to this job's still-open W&B run."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.finish()
+
+
+def objective(metrics: dict[str, float], name: str | None) -> float | None:
+    """The value a sweeper optimizes: `optimized_metric` as logged by the run (None: nothing)."""
+    if name is None:
+        return None
+    if name not in metrics:
+        logged = ", ".join(sorted(k for k in metrics if "/" in k and k.count("/") == 1))
+        raise ConfigError(f"optimized_metric={name} was not logged by this run; logged: {logged}."
+                          " Set optimized_metric to one of them (e.g. train/success_post), or "
+                          "keep callbacks.meta_eval.at_end=true for val/*")
+    return metrics[name]
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
+        if multirun:
+            schema.check_multirun(cfg)
         metrics, _ = train(cfg)
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        _exit(err)
     except EnvFault as err:  # the worker's traceback is in the message; no Python traceback here
         ckpt = os.path.join(cfg.paths.output_dir, "checkpoints", "last.ckpt")
         print(f"{err}\nerror: an environment failed (above); set data.env_restarts=N to restart "
               f"envs automatically; resume with ckpt_path={ckpt}", file=sys.stderr)
         sys.exit(1)
-    return metrics.get(cfg.optimized_metric)
+    try:
+        return objective(metrics, cfg.optimized_metric)
+    except ConfigError as err:
+        if multirun:  # a sweeper must not record a trial without its value
+            _exit(err)
+        print(f"warning: {err}", file=sys.stderr)  # a single run has no one to return it to
+        return None
+
+
+def _exit(err: ConfigError) -> NoReturn:
+    print(f"error: {err}", file=sys.stderr)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

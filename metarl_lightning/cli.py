@@ -27,11 +27,14 @@ def _describe(err: BaseException, overrides: list[str]) -> str:
         e = e.__cause__ or e.__context__
     for e in chain:
         if isinstance(e, MissingConfigException) and e.options:
-            group = (e.missing_cfg_file or "").split("/")[0] or "config group"
-            bad = (e.missing_cfg_file or "").split("/")[-1]
+            group, _, bad = (e.missing_cfg_file or "").rpartition("/")
+            group = group or "config group"
             options = sorted(o for o in e.options if not o.endswith("_schema"))
+            plugins = (" (Hydra plugins: pip install -e \".[sweep]\" for the optuna sweeper and "
+                       "joblib launcher, \".[slurm]\" for submitit)"
+                       if group.startswith("hydra/") else "")
             return (f"unknown {group} {bad!r}; choose one of: {', '.join(options)} "
-                    f"(e.g. {group}={options[0]})")
+                    f"(e.g. {group}={options[0]}){plugins}")
     for e in chain:
         if isinstance(e, OmegaConfBaseException) and getattr(e, "full_key", None):
             key = e.full_key

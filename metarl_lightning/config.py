@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 
 @dataclass
@@ -116,7 +116,7 @@ class TrainConfig:
     seed: int = 1
     ckpt_path: str | None = None
     tags: list[str] = field(default_factory=list)
-    optimized_metric: str = "train/success_post"
+    optimized_metric: str | None = "val/success_rate"  # main() returns it to a sweeper
 
 
 @dataclass
@@ -162,6 +162,9 @@ def validate(cfg: Any) -> None:
     b = cfg.benchmark
     info = envs.describe(b.name, b.env_name, b.use_one_hot)
     envs.check_meta_batch_size(info, b.meta_batch_size, "train")
+    world = world_size(cfg.trainer)
+    if world is not None:  # otherwise checked when the ranks exist (DataModule.setup)
+        envs.check_world_size(info, b.meta_batch_size, world)
     positive = {
         "benchmark.max_episode_steps": b.max_episode_steps,
         "trainer.max_steps": cfg.trainer.max_steps,
@@ -179,3 +182,48 @@ def validate(cfg: Any) -> None:
     if cfg.ckpt_path is not None and not os.path.isfile(cfg.ckpt_path):
         raise ConfigError(f"ckpt_path {cfg.ckpt_path!r} does not exist; pass the path of a .ckpt "
                           "file, e.g. ckpt_path=outputs/train/<run>/checkpoints/last.ckpt")
+
+
+def world_size(trainer: Any) -> int | None:
+    """Processes the trainer config asks for (devices x num_nodes); None if only known at run
+    time (e.g. devices=auto on a GPU machine)."""
+    devices, nodes = trainer.devices, trainer.num_nodes
+    if isinstance(devices, str) and devices.strip().isdigit():
+        devices = int(devices)
+    if isinstance(devices, int) and devices > 0:
+        return devices * nodes
+    if isinstance(devices, str) and "," in devices:  # GPU ids, "0,1"
+        return len([d for d in devices.split(",") if d.strip()]) * nodes
+    if OmegaConf.is_list(devices) or isinstance(devices, (list, tuple)):
+        return len(devices) * nodes
+    if devices == "auto" and trainer.accelerator == "cpu":
+        return nodes
+    return None
+
+
+def check_multirun(cfg: Any) -> None:
+    """Checks for the jobs of a sweep (`-m`, `sweep=optuna`), made before any of them trains."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+
+    from metarl_lightning.types import ConfigError
+
+    metric = cfg.optimized_metric
+    if metric is not None and metric.startswith("val/"):
+        meta_eval = (cfg.get("callbacks") or {}).get("meta_eval")
+        at_end = meta_eval is not None and (
+            meta_eval.at_end or cfg.trainer.max_steps % meta_eval.every_n_steps == 0)
+        if not at_end:
+            raise ConfigError(
+                f"optimized_metric={metric} is logged by callbacks.meta_eval after the last "
+                "iteration; set callbacks.meta_eval.at_end=true or optimize a training metric, "
+                "e.g. optimized_metric=train/success_post")
+    strategy = cfg.trainer.strategy
+    launched_outside = SLURMEnvironment.detect() or TorchElasticEnvironment.detect()
+    if (isinstance(strategy, str) and strategy.startswith("ddp") and not launched_outside
+            and not any(m in strategy for m in ("spawn", "fork", "notebook"))
+            and world_size(cfg.trainer) != 1):
+        raise ConfigError(
+            f"trainer.strategy={strategy} in a multirun: Lightning would launch each extra rank "
+            "by re-running this command, i.e. the whole sweep; use trainer=ddp_spawn (GPU) or "
+            "trainer=ddp_cpu for a local sweep, plain ddp only under SLURM (hydra/launcher=slurm)"
+            " or torchrun")

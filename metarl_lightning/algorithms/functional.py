@@ -5,6 +5,7 @@ Time is the last dimension everywhere: (..., N).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -91,13 +92,15 @@ def actor_forward(actor: torch.nn.Module, params: Params,
 
 
 def make_log_prob_fn(actor: torch.nn.Module) -> LogProbFn:
-    """(params, obs (N, obs), raw_actions (N, act)) -> log-probs (N,) via `actor_forward`."""
+    """(params, obs (N, obs), raw_actions (N, act)) -> log-probs (N,) via `actor_forward`.
+    A partial, not a closure: modules holding it must pickle (DDP spawn sends them to ranks)."""
+    return functools.partial(_log_prob, actor)
 
-    def log_prob(params: Params, obs: torch.Tensor, raw_actions: torch.Tensor) -> torch.Tensor:
-        mean, log_std = actor_forward(actor, params, obs)
-        return tanh_gaussian_log_prob(mean, log_std, raw_actions, actor.action_scale)
 
-    return log_prob
+def _log_prob(actor: torch.nn.Module, params: Params, obs: torch.Tensor,
+              raw_actions: torch.Tensor) -> torch.Tensor:
+    mean, log_std = actor_forward(actor, params, obs)
+    return tanh_gaussian_log_prob(mean, log_std, raw_actions, actor.action_scale)
 
 
 def inner_loss(log_prob_fn: LogProbFn, params: Params, obs: torch.Tensor,

@@ -185,7 +185,8 @@ class MAMLPPO(L.LightningModule):
     def _log_iteration(self, batch: MetaBatch, metrics: dict, inner: torch.Tensor,
                        values: torch.Tensor, returns: torch.Tensor, update_time: float) -> None:
         now = time.perf_counter()
-        steps = batch.stats["env_steps"]
+        world = self.trainer.world_size  # DDP: every rank steps an equal share of the tasks
+        steps = batch.stats["env_steps"] * world
         self.env_steps += int(steps)
         # Wall time of the whole iteration: collection (before this step) + update.
         iter_time = (now - self._last_step_end if self._last_step_end is not None
@@ -205,10 +206,15 @@ class MAMLPPO(L.LightningModule):
         if self.hparams.learn_inner_lr:
             log["train/inner_lr_mean"] = torch.stack(
                 [v.mean() for v in self.inner_lrs.values()]).mean()
+        log["perf/env_steps_per_s"] = steps / max(iter_time, 1e-9)
+        if world > 1:  # mean over ranks (equal task shares): one collective for all keys
+            values = self.trainer.strategy.reduce(
+                torch.tensor([float(v) for v in log.values()], device=self.device), reduce_op="mean")
+            log = dict(zip(log, values.tolist()))
+        rate = log.pop("perf/env_steps_per_s")
         self.log_dict(log, on_step=True, batch_size=1)
-        self.log("perf/env_steps_per_s", steps / max(iter_time, 1e-9), prog_bar=True,
-                 batch_size=1)
-        self.log("success", batch.stats["success_post"], prog_bar=True, logger=False,
+        self.log("perf/env_steps_per_s", rate, prog_bar=True, batch_size=1)
+        self.log("success", log["train/success_post"], prog_bar=True, logger=False,
                  batch_size=1)
 
     def configure_optimizers(self):

@@ -28,19 +28,25 @@ class MetaEvalCallback(L.Callback):
         last = trainer.max_steps > 0 and step >= trainer.max_steps
         if step % self.every_n_steps and not (self.at_end and last):
             return
-        if self.evaluator is None:
-            self.evaluator = Evaluator(**self.kwargs)
-        result = self.evaluator.run(pl_module)
-        log = {"val/success_rate": result.success_rate, "val/return": result.mean_return}
-        log.update({f"val/success_rate/{task}": v for task, v in result.per_task.items()})
+        # DDP: rank 0 evaluates (the parameters are the same on every rank) while the others
+        # wait in the broadcast, then every rank holds the same val/* metrics.
+        log, result = None, None
+        if trainer.is_global_zero:
+            if self.evaluator is None:
+                self.evaluator = Evaluator(**self.kwargs)
+            result = self.evaluator.run(pl_module)
+            log = {"val/success_rate": result.success_rate, "val/return": result.mean_return}
+            log.update({f"val/success_rate/{task}": v for task, v in result.per_task.items()})
+            log["val/env_steps"] = float(getattr(pl_module, "env_steps", 0))  # x-axis
+        log = trainer.strategy.broadcast(log, src=0)
         # Straight to the loggers: a value logged through `self.log` in a batch hook is re-logged
         # on every later step. callback_metrics is what ModelCheckpoint(monitor=...) reads.
-        log["val/env_steps"] = float(getattr(pl_module, "env_steps", 0))  # x-axis
         for logger in trainer.loggers:
             logger.log_metrics(log, step=step)
         trainer.callback_metrics.update({k: torch.tensor(v) for k, v in log.items()})
-        trainer.progress_bar_metrics["val_success"] = result.success_rate
-        self._wandb_table(trainer, result)
+        trainer.progress_bar_metrics["val_success"] = log["val/success_rate"]
+        if result is not None:
+            self._wandb_table(trainer, result)
 
     @staticmethod
     def _wandb_table(trainer: L.Trainer, result) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterator
 
 import gymnasium as gym
@@ -69,16 +70,20 @@ class MetaWorldDataModule(L.LightningDataModule):
         self.envs: gym.vector.VectorEnv | None = None
         self.collector: RolloutCollector | None = None
         self._pending_env_state: dict | None = None
+        self.rank, self.world_size = 0, 1  # set in setup(): this process's share of the tasks
 
     def setup(self, stage: str | None = None) -> None:
         if self.envs is not None:  # built once per run
             return
         self._build_envs()
+        if self.world_size > 1:  # per-rank action noise (the policy's sampling uses the global RNG)
+            torch.manual_seed(self.seed + 1000 * self.rank)
         if self._pending_env_state is not None:
             self.load_state_dict(self._pending_env_state)
 
     def _build_envs(self) -> None:
-        rank = self.trainer.global_rank if self.trainer is not None else 0
+        rank, world = _rank_and_world(self.trainer)
+        mw.check_world_size(self.info, self.meta_batch_size, world)
         fns = mw.make_env_fns(
             self.info, split="train", meta_batch_size=self.meta_batch_size,
             benchmark_seed=self.seed,  # same goals on every rank
@@ -86,7 +91,14 @@ class MetaWorldDataModule(L.LightningDataModule):
             max_episode_steps=self.max_episode_steps, terminate_on_success=False,
             task_select="pseudorandom", reward_function_version=self.reward_function_version,
         )
-        self.envs = make_vector_env(fns, self.vector_strategy, self.num_workers)
+        # DDP: meta_batch_size is the whole meta-batch; rank r steps slots r, r+W, r+2W, ...
+        # (each slot keeps its own share of its class's goals, so ranks never share a task).
+        fns = fns[rank::world]
+        num_workers = self.num_workers
+        if num_workers is None and world > 1:
+            num_workers = _workers_per_rank(self.trainer.num_devices)
+        self.envs = make_vector_env(fns, self.vector_strategy, num_workers)
+        self.rank, self.world_size = rank, world
         got = self.envs.single_observation_space.shape[0]
         if got != self.info.obs_dim:
             raise RuntimeError(f"env observation size {got} != expected {self.info.obs_dim}")
@@ -112,14 +124,25 @@ class MetaWorldDataModule(L.LightningDataModule):
                           generator=torch.Generator().manual_seed(self.seed))
 
     # Env and task-sampler state travels in the Lightning checkpoint (resume is exact).
+    # Under DDP every rank calls state_dict() (Trainer.save_checkpoint runs on all ranks): the
+    # slots are gathered into the global slot order, so any world size can resume from it.
     def state_dict(self) -> dict:
         if self.envs is None:
             return {}
         try:
-            return {"env_checkpoints": list(self.envs.call("get_checkpoint"))}
+            mine = list(self.envs.call("get_checkpoint"))
         except EnvFault as fault:  # the checkpoint still holds the module; envs start afresh
+            if self.world_size > 1:
+                raise  # the other ranks wait in all_gather: stop rather than hang
             log.warning("env state not saved (%s)", str(fault).splitlines()[0])
             return {}
+        if self.world_size == 1:
+            return {"env_checkpoints": mine}
+        per_rank: list = [None] * self.world_size
+        torch.distributed.all_gather_object(per_rank, mine)
+        # rank r holds global slots r, r+W, ...: interleave back into slot order
+        ordered = [ckpt for slots in zip(*per_rank) for _, ckpt in slots]
+        return {"env_checkpoints": [(f"slot{g}", ckpt) for g, ckpt in enumerate(ordered)]}
 
     def load_state_dict(self, state: dict) -> None:
         if not state:
@@ -127,7 +150,9 @@ class MetaWorldDataModule(L.LightningDataModule):
         if self.envs is None:
             self._pending_env_state = state
             return
-        self.envs.call("load_checkpoint", state["env_checkpoints"])
+        # this rank's slots, renamed to the ids of its own sub-envs ("slot<local index>")
+        mine = state["env_checkpoints"][self.rank::self.world_size]
+        self.envs.call("load_checkpoint", [(f"slot{j}", ckpt) for j, (_, ckpt) in enumerate(mine)])
         self._pending_env_state = None
 
     def on_exception(self, exception: BaseException) -> None:
@@ -137,3 +162,15 @@ class MetaWorldDataModule(L.LightningDataModule):
         if self.envs is not None:
             self.envs.close()
             self.envs = None
+
+
+def _rank_and_world(trainer: L.Trainer | None) -> tuple[int, int]:
+    return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+
+def _workers_per_rank(local_ranks: int) -> int:
+    """Env worker processes per DDP rank: the cores SLURM gave this rank's task, else this
+    machine's cores shared by its ranks (ddp_spawn and local ddp see every core)."""
+    if os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit():
+        return int(os.environ["SLURM_CPUS_PER_TASK"])
+    return max(1, len(os.sched_getaffinity(0)) // local_ranks)

@@ -80,6 +80,17 @@ def check_meta_batch_size(info: BenchmarkInfo, meta_batch_size: int, split: str)
         )
 
 
+def check_world_size(info: BenchmarkInfo, meta_batch_size: int, world_size: int) -> None:
+    """DDP: each of the `world_size` ranks steps meta_batch_size / world_size task slots."""
+    if meta_batch_size % world_size:
+        valid = [m for m in valid_meta_batch_sizes(len(info.train_classes)) if m % world_size == 0]
+        raise ConfigError(
+            f"meta_batch_size={meta_batch_size} cannot be shared by {world_size} ranks "
+            f"(trainer.devices x trainer.num_nodes); valid values for {info.name} on "
+            f"{world_size} ranks: {', '.join(map(str, valid)) or 'none'}"
+        )
+
+
 @functools.lru_cache(maxsize=4)
 def benchmark(name: str, env_name: str | None, seed: int) -> metaworld.Benchmark:
     """The Meta-World Benchmark object; its task lists (goals) depend on the seed only."""
