@@ -1,3 +1,4 @@
-from metarl_lightning.algorithms.maml_ppo import MAMLPPO, cosine_with_floor
+from metarl_lightning.algorithms.base import MetaRLModule, cosine_with_floor
+from metarl_lightning.algorithms.maml_ppo import MAMLPPO
 
-__all__ = ["MAMLPPO", "cosine_with_floor"]
+__all__ = ["MAMLPPO", "MetaRLModule", "cosine_with_floor"]
