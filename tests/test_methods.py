@@ -254,3 +254,10 @@ def test_meta_sgd_learns_its_inner_learning_rates_in_training(tiny_cfg):
     lrs = torch.cat([p.detach().flatten() for p in objs["module"].inner_lrs.values()])
     assert (lrs != 0.1).any()  # moved by the outer optimizer
     assert metrics["train/inner_lr_mean"] != pytest.approx(0.1, abs=1e-7)
+
+
+@pytest.mark.parametrize("name", ["ml1_rl2_cpu", "mt10_mt_ppo_cpu"])
+def test_method_experiment_files_compose_and_validate(name, tmp_path):
+    cfg = compose_cfg([f"experiment={name}"], tmp_path)
+    schema.validate(cfg)
+    assert cfg.algorithm._target_.endswith(("RL2PPO", "MTPPO"))

@@ -24,7 +24,9 @@ class GRUActorCritic(nn.Module):
         self.obs_dim, self.action_dim, self.hidden_dim = obs_dim, action_dim, hidden_dim
         self.gru = nn.GRU(obs_dim, hidden_dim, batch_first=True)
         # Orthogonal weights, zero biases: the recurrent-PPO init of Huang et al. 2022
-        # ('37 details', LSTM item 2); heads as in actor_critic.mlp (small initial means).
+        # ('37 details', LSTM item 1); heads as in actor_critic.mlp (small initial means).
+        # Unlike that recipe's item 3 (reset the state at every episode end), RL² resets it
+        # only between trials.
         for name, p in self.gru.named_parameters():
             if name.startswith("weight"):
                 nn.init.orthogonal_(p)
