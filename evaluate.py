@@ -18,6 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from metarl_lightning import config as _schema  # noqa: F401  (registers eval_schema)
+from metarl_lightning.build import recurrent_info_in_obs
 from metarl_lightning.checkpoints import load_run
 from metarl_lightning.cli import check_overrides
 from metarl_lightning.evaluation import Evaluator
@@ -35,6 +36,7 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
         evaluation_episodes=e.evaluation_episodes, mt_episodes=e.mt_episodes,
         deterministic=e.deterministic, reward_function_version=b.reward_function_version,
         num_workers=cfg.num_workers, vector_strategy=cfg.vector_strategy,
+        recurrent_info_in_obs=recurrent_info_in_obs(run_cfg),
     )
     try:
         result = evaluator.run(module)

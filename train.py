@@ -22,10 +22,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from metarl_lightning import config as schema
+from metarl_lightning.build import build_module, recurrent_info_in_obs
 from metarl_lightning.checkpoints import AtomicCheckpointIO, check_resumable
 from metarl_lightning.cli import check_overrides
 from metarl_lightning.data import MetaWorldDataModule
-from metarl_lightning.envs.benchmarks import ACTION_DIM
 from metarl_lightning.errors import EnvFault
 from metarl_lightning.types import ConfigError
 
@@ -55,10 +55,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
         use_one_hot=b.use_one_hot, reward_function_version=b.reward_function_version,
         seed=cfg.seed, num_workers=cfg.data.num_workers, vector_strategy=cfg.data.vector_strategy,
         env_restarts=cfg.data.env_restarts,
+        recurrent_info_in_obs=recurrent_info_in_obs(cfg),
     )
-    # Sizes known only now are passed at instantiation (lightning-hydra-template style).
-    policy = instantiate(cfg.model, obs_dim=datamodule.info.obs_dim, action_dim=ACTION_DIM)
-    module = instantiate(cfg.algorithm, policy=policy)
+    module = build_module(cfg, datamodule.info)  # policy sizes from the benchmark
     # Plain containers only: checkpoints must load with torch.load(weights_only=True).
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
     if cfg.ckpt_path is not None:
@@ -77,7 +76,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
             logger.experiment.define_metric("perf/*", step_metric="train/env_steps")
             logger.experiment.define_metric("val/env_steps")
             logger.experiment.define_metric("val/*", step_metric="val/env_steps")
-    print(f"policy: {policy.num_params():,} parameters; benchmark {b.name} "
+    print(f"{module.name}, policy: {module.policy.num_params():,} parameters; benchmark {b.name} "
           f"{datamodule.info.train_classes if b.name.endswith('1') else ''}; "
           f"output: {cfg.paths.output_dir}")
     try:

@@ -8,11 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
 from lightning.fabric.plugins import TorchCheckpointIO
 from omegaconf import OmegaConf
 
-from metarl_lightning.envs.benchmarks import ACTION_DIM, describe
+from metarl_lightning.build import benchmark_info, build_module
 from metarl_lightning.types import ConfigError
 
 
@@ -98,10 +97,7 @@ def load_run(ckpt_path: str, benchmark_overrides: dict | None = None):
     cfg = OmegaConf.create(cfg)
     for key, value in (benchmark_overrides or {}).items():
         cfg.benchmark[key] = value
-    b = cfg.benchmark
-    info = describe(b.name, b.env_name, b.use_one_hot)
-    policy = instantiate(cfg.model, obs_dim=info.obs_dim, action_dim=ACTION_DIM)
-    module = instantiate(cfg.algorithm, policy=policy)
+    module = build_module(cfg, benchmark_info(cfg))
     try:
         module.load_state_dict(ckpt["state_dict"])
     except RuntimeError as err:

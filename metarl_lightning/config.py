@@ -32,6 +32,20 @@ class ModelConfig:
 
 
 @dataclass
+class MultiHeadModelConfig(ModelConfig):
+    """model=multihead_mlp: the MLP's keys; one output head per MT task (num_tasks from train.py)."""
+
+    _target_: str = "metarl_lightning.policies.MultiHeadActorCritic"
+
+
+@dataclass
+class GRUModelConfig:
+    _target_: str = "metarl_lightning.policies.GRUActorCritic"
+    hidden_dim: int = 128
+    init_log_std: float = 0.0
+
+
+@dataclass
 class MAMLPPOConfig:
     _target_: str = "metarl_lightning.algorithms.MAMLPPO"
     optimizer: Any = MISSING
@@ -50,6 +64,39 @@ class MAMLPPOConfig:
     gae_lambda: float = 0.95
     reward_scale: float = 0.01
     max_nonfinite_steps: int = 5
+
+
+@dataclass
+class PPOConfig:
+    """Keys shared by the PPO methods without an inner loop (mt_ppo, rl2_ppo)."""
+
+    optimizer: Any = MISSING
+    scheduler: Any = None
+    episodes_per_task: int = 1
+    update_epochs: int = 8
+    num_minibatches: int = 4
+    clip: float = 0.2
+    vf_coef: float = 0.5
+    ent_coef: float = 0.005
+    max_grad_norm: float = 0.5
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    reward_scale: float = 0.01
+    max_nonfinite_steps: int = 5
+
+
+@dataclass
+class MTPPOConfig(PPOConfig):
+    _target_: str = "metarl_lightning.algorithms.MTPPO"
+    gae_lambda: float = 0.97
+
+
+@dataclass
+class RL2PPOConfig(PPOConfig):
+    _target_: str = "metarl_lightning.algorithms.RL2PPO"
+    episodes_per_task: int = 2  # the trial length in episodes
+    recurrent_info_in_obs: bool = True
+    num_minibatches: int = 2  # over trials
 
 
 @dataclass
@@ -145,7 +192,11 @@ def register_configs() -> None:
     cs.store(name="eval_schema", node=EvaluateConfig)
     cs.store(group="benchmark", name="benchmark_schema", node=BenchmarkConfig)
     cs.store(group="model", name="actor_critic_schema", node=ModelConfig)
+    cs.store(group="model", name="multihead_schema", node=MultiHeadModelConfig)
+    cs.store(group="model", name="gru_schema", node=GRUModelConfig)
     cs.store(group="algorithm", name="maml_ppo_schema", node=MAMLPPOConfig)
+    cs.store(group="algorithm", name="mt_ppo_schema", node=MTPPOConfig)
+    cs.store(group="algorithm", name="rl2_ppo_schema", node=RL2PPOConfig)
     cs.store(group="trainer", name="trainer_schema", node=TrainerConfig)
 
 
@@ -165,6 +216,7 @@ def validate(cfg: Any) -> None:
     world = world_size(cfg.trainer)
     if world is not None:  # otherwise checked when the ranks exist (DataModule.setup)
         envs.check_world_size(info, b.meta_batch_size, world)
+    check_method(cfg, info)
     positive = {
         "benchmark.max_episode_steps": b.max_episode_steps,
         "trainer.max_steps": cfg.trainer.max_steps,
@@ -173,6 +225,8 @@ def validate(cfg: Any) -> None:
         "algorithm.inner_steps": cfg.algorithm.get("inner_steps", 1),
         "algorithm.inner_lr": cfg.algorithm.get("inner_lr", 1.0),
         "algorithm.outer_epochs": cfg.algorithm.get("outer_epochs", 1),
+        "algorithm.update_epochs": cfg.algorithm.get("update_epochs", 1),
+        "algorithm.num_minibatches": cfg.algorithm.get("num_minibatches", 1),
     }
     if cfg.data.env_restarts < 0:
         raise ConfigError(f"data.env_restarts must be >= 0, got {cfg.data.env_restarts}")
@@ -227,3 +281,35 @@ def check_multirun(cfg: Any) -> None:
             "by re-running this command, i.e. the whole sweep; use trainer=ddp_spawn (GPU) or "
             "trainer=ddp_cpu for a local sweep, plain ddp only under SLURM (hydra/launcher=slurm)"
             " or torchrun")
+def check_method(cfg: Any, info: Any) -> None:
+    """Algorithm, model and benchmark fit together: what each class declares (MetaRLModule's
+    `benchmark_kinds`, `recurrent_policy`; a policy's `recurrent`, `multi_task`)."""
+    from hydra.utils import get_class
+
+    from metarl_lightning.types import ConfigError
+
+    algo = get_class(cfg.algorithm._target_)
+    model = get_class(cfg.model._target_)
+    name = getattr(algo, "name", algo.__name__)
+    recurrent = getattr(model, "recurrent", False)
+    if getattr(algo, "recurrent_policy", False) and not recurrent:
+        raise ConfigError(f"algorithm={name} adapts in a recurrent policy's hidden state; "
+                          "add model=gru")
+    if recurrent and not getattr(algo, "recurrent_policy", False):
+        raise ConfigError(f"model=gru is a recurrent policy, for algorithm=rl2_ppo; with "
+                          f"algorithm={name} use model=mlp, seed_mlp or multihead_mlp")
+    kinds = getattr(algo, "benchmark_kinds", ("ml", "mt"))
+    if info.kind not in kinds:
+        other = "benchmark=mt10 (or mt1, mt50)" if "mt" in kinds else "benchmark=ml1 (or ml10)"
+        fix = ("algorithm=maml_ppo or algorithm=rl2_ppo for ML" if info.kind == "ml"
+               else "algorithm=maml_ppo or algorithm=mt_ppo for MT")
+        raise ConfigError(f"algorithm={name} runs on {'/'.join(k.upper() for k in kinds)} "
+                          f"benchmarks, not {info.name}; use {other}, or {fix}")
+    if getattr(model, "multi_task", False) and info.kind != "mt":
+        raise ConfigError(f"model=multihead_mlp has one head per MT task; {info.name} is a "
+                          "meta-learning benchmark: use model=mlp (or seed_mlp)")
+    needs = [f"algorithm={name}"] if getattr(algo, "needs_one_hot", False) else []
+    needs += ["model=multihead_mlp"] if getattr(model, "multi_task", False) else []
+    if needs and not info.use_one_hot:
+        raise ConfigError(f"{' with '.join(needs)} conditions on the one-hot task id in the "
+                          "observation: set benchmark.use_one_hot=true")

@@ -26,20 +26,41 @@ class Rollout(NamedTuple):
 
 
 class MetaBatch(NamedTuple):
-    """One meta-iteration's data: support from the meta-policy, query from the adapted one."""
+    """One meta-iteration's data. Inner-loop learners (MAML): support from the meta-policy, query
+    from the adapted one. One-phase learners (RL², MT-PPO): `support` holds the trials (T tasks x
+    `episodes_per_task` episodes) and `query` is None."""
 
     support: Rollout
-    query: Rollout
+    query: Rollout | None
     stats: dict[str, float]  # episode returns/success before and after adaptation, env steps
 
 
+State = torch.Tensor | None  # per-env recurrent state, leading (E,) dim; None: feed-forward
+
+
 class MetaLearner(Protocol):
-    """What the rollout collector needs from an algorithm (implemented by the LightningModule)."""
+    """What the rollout collector and the evaluation adapter need from an algorithm (implemented
+    by the LightningModule; `algorithms/base.py` has the defaults)."""
+
+    # True: collect support, adapt (`adapt_for_sampling`), collect query (MAML). False: one phase
+    # of `episodes_per_task` episodes per task; adaptation, if any, lives in the state (RL²).
+    inner_loop: bool
 
     def sampling_params(self, num_tasks: int) -> Params: ...
 
-    def act(self, params: Params, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(T, B, obs) -> action (T, B, act), raw action (T, B, act), log-prob (T, B)."""
+    def initial_state(self, num_envs: int) -> State:
+        """State at the start of a trial, (E, ...). Called when new tasks are drawn, never at the
+        episode boundaries inside a trial. None for feed-forward policies."""
+        ...
+
+    def act(self, params: Params, obs: torch.Tensor,
+            state: State = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, State]:
+        """(T, B, obs) -> action (T, B, act), raw action (T, B, act), log-prob (T, B), state."""
+        ...
+
+    def mean_action(self, params: Params, obs: torch.Tensor,
+                    state: State = None) -> tuple[torch.Tensor, State]:
+        """(T, B, obs) -> the squashed mean action (T, B, act), state."""
         ...
 
     def process_rollout(self, rollout: Rollout) -> Rollout:

@@ -27,6 +27,8 @@ def test_readme_example_override_composes(tmp_path):
 
 
 @pytest.mark.parametrize("group,option", [("model", "mlp"), ("model", "seed_mlp"),
+                                          ("model", "gru"), ("model", "multihead_mlp"),
+                                          ("algorithm", "rl2_ppo"), ("algorithm", "mt_ppo"),
                                           ("trainer", "gpu"), ("logger", "many"),
                                           ("logger", "none"), ("logger", "wandb"),
                                           ("logger", "tensorboard")])

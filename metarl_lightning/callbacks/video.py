@@ -24,9 +24,10 @@ class VideoCallback(L.Callback):
     def __init__(self, dirpath: str, benchmark: str, env_name: str | None = None,
                  use_one_hot: bool = False, split: str = "test", seed: int = 1,
                  every_n_steps: int = 0, adaptation_episodes: int = 2,
-                 max_episode_steps: int = 500, gl: str | None = None, size: int = 240):
+                 max_episode_steps: int = 500, gl: str | None = None, size: int = 240,
+                 recurrent_info_in_obs: bool = False):
         self.dirpath, self.every, self.gl, self.size = dirpath, every_n_steps, gl, size
-        info = mw.describe(benchmark, env_name, use_one_hot)
+        info = mw.describe(benchmark, env_name, use_one_hot, recurrent_info_in_obs)
         split = "train" if info.kind == "mt" else split
         self.env_fn = mw.make_env_fns(
             info, split=split, meta_batch_size=len(info.classes(split)), benchmark_seed=seed,

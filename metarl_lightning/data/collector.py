@@ -1,5 +1,7 @@
-"""Rollout collection for one meta-iteration: support episodes with the meta-policy, inner-loop
-adaptation, then query episodes with the adapted policy. Envs are re-tasked, never rebuilt."""
+"""Rollout collection for one meta-iteration. Inner-loop learners (MAML): support episodes with
+the meta-policy, inner-loop adaptation, then query episodes with the adapted policy. Other
+learners (RL², MT-PPO): one phase of `episodes_per_task` episodes per task. Envs are re-tasked,
+never rebuilt."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from metarl_lightning.types import MetaBatch, MetaLearner, Params, Rollout
+from metarl_lightning.types import MetaBatch, MetaLearner, Params, Rollout, State
 
 
 class RolloutCollector:
@@ -19,6 +21,11 @@ class RolloutCollector:
     Training envs never terminate on success, so every episode lasts exactly
     `max_episode_steps` and all task slots stay in lockstep: a task's N = episodes * H steps
     are contiguous, episode k occupying steps [k*H, (k+1)*H).
+
+    Each `collect` is one trial per task slot: new tasks are drawn, the learner's recurrent
+    state (RL²; None for feed-forward policies) starts from `initial_state` and is carried
+    through every step of the trial, across its episode boundaries (and from support into
+    query). It is reset only here, when the next trial's tasks are drawn.
     """
 
     def __init__(self, envs: gym.vector.VectorEnv, episodes_per_task: int,
@@ -40,12 +47,20 @@ class RolloutCollector:
         self.envs.call("sample_tasks")
         obs, _ = self.envs.reset()
         params = learner.sampling_params(self.num_tasks)
-        support, obs, ret_pre, succ_pre = self._run(learner, params, obs)
+        state = learner.initial_state(self.num_tasks)  # a new trial: the only reset
+        support, obs, state, ret_pre, succ_pre = self._run(learner, params, obs, state)
         support = learner.process_rollout(support)
-        adapted = learner.adapt_for_sampling(params, support)
-        query, obs, ret_post, succ_post = self._run(learner, adapted, obs)
-        query = learner.process_rollout(query)
-        steps = 2 * self.num_tasks * self.episodes * self.horizon
+        if learner.inner_loop:
+            adapted = learner.adapt_for_sampling(params, support)
+            query, obs, state, ret_post, succ_post = self._run(learner, adapted, obs, state)
+            query = learner.process_rollout(query)
+        else:
+            # One phase: "pre" is each trial's first episode, "post" its last (RL² adapts in
+            # between, in its hidden state; for MT-PPO both are the same policy).
+            query, ret_post, succ_post = None, ret_pre[:, -1], succ_pre[:, -1]
+            ret_pre, succ_pre = ret_pre[:, 0], succ_pre[:, 0]
+        phases = 2 if learner.inner_loop else 1
+        steps = phases * self.num_tasks * self.episodes * self.horizon
         elapsed = time.perf_counter() - start
         stats = {
             "return_pre": float(ret_pre.mean()), "return_post": float(ret_post.mean()),
@@ -55,7 +70,7 @@ class RolloutCollector:
         return MetaBatch(support, query, stats)
 
     @torch.no_grad()
-    def _run(self, learner: MetaLearner, params: Params, obs: np.ndarray):
+    def _run(self, learner: MetaLearner, params: Params, obs: np.ndarray, state: State):
         T, H, K = self.num_tasks, self.horizon, self.episodes
         N = K * H
         buf_obs = np.empty((T, N, self.obs_dim), np.float32)
@@ -68,7 +83,8 @@ class RolloutCollector:
         buf_succ = np.zeros((T, N), np.float32)
         for t in range(N):
             obs_t = torch.as_tensor(obs, dtype=torch.float32)
-            action, raw, logp = learner.act(params, obs_t[:, None])  # (T, 1, act), (T, 1)
+            # (T, 1, act), (T, 1, act), (T, 1); the state runs on across episode ends
+            action, raw, logp, state = learner.act(params, obs_t[:, None], state)
             next_obs, rew, term, trunc, infos = self.envs.step(action[:, 0].cpu().numpy())
             done = np.logical_or(term, trunc)
             buf_obs[:, t], buf_raw[:, t], buf_logp[:, t] = obs, raw[:, 0].cpu(), logp[:, 0].cpu()
@@ -94,7 +110,7 @@ class RolloutCollector:
         )
         episode_return = buf_rew.reshape(T, K, H).sum(-1)  # (T, K)
         episode_success = buf_succ.reshape(T, K, H).max(-1)  # success at any step, (T, K)
-        return rollout, obs, episode_return, episode_success
+        return rollout, obs, state, episode_return, episode_success
 
 
 @contextlib.contextmanager

@@ -54,9 +54,10 @@ class MetaWorldDataModule(L.LightningDataModule):
                  env_name: str | None = None, max_episode_steps: int = 500,
                  use_one_hot: bool = False, reward_function_version: str = "v2",
                  seed: int = 1, num_workers: int | None = None, vector_strategy: str = "process",
-                 env_restarts: int = 0):
+                 env_restarts: int = 0,
+                 recurrent_info_in_obs: bool = False):
         super().__init__()
-        self.info = mw.describe(benchmark, env_name, use_one_hot)
+        self.info = mw.describe(benchmark, env_name, use_one_hot, recurrent_info_in_obs)
         mw.check_meta_batch_size(self.info, meta_batch_size, "train")
         self.meta_batch_size = meta_batch_size
         self.episodes_per_task = episodes_per_task

@@ -11,6 +11,7 @@ import functools
 from dataclasses import dataclass
 from typing import Literal
 
+import gymnasium as gym
 import metaworld
 import metaworld.env_dict as env_dict
 from metaworld import _init_each_env  # the per-env builder behind make_ml_envs/make_mt_envs
@@ -31,16 +32,19 @@ class BenchmarkInfo:
     train_classes: tuple[str, ...]
     test_classes: tuple[str, ...]  # empty for MT
     use_one_hot: bool
+    recurrent_info: bool = False  # RL²: previous action, reward and episode start in the obs
 
     @property
     def obs_dim(self) -> int:
-        return OBS_DIM + (len(self.train_classes) if self.use_one_hot else 0)
+        return (OBS_DIM + (len(self.train_classes) if self.use_one_hot else 0)
+                + (ACTION_DIM + 2 if self.recurrent_info else 0))
 
     def classes(self, split: str) -> tuple[str, ...]:
         return self.train_classes if split == "train" else self.test_classes
 
 
-def describe(name: str, env_name: str | None = None, use_one_hot: bool = False) -> BenchmarkInfo:
+def describe(name: str, env_name: str | None = None, use_one_hot: bool = False,
+             recurrent_info: bool = False) -> BenchmarkInfo:
     """Static facts of a benchmark, without building anything. Raises ConfigError on bad names."""
     if name not in BENCHMARKS:
         raise ConfigError(
@@ -62,7 +66,7 @@ def describe(name: str, env_name: str | None = None, use_one_hot: bool = False) 
         train, test = tuple(d["train"].keys()), tuple(d["test"].keys())
     else:
         train, test = tuple(getattr(env_dict, f"{name}_V3").keys()), ()
-    return BenchmarkInfo(name, kind, train, test, use_one_hot and kind == "mt")
+    return BenchmarkInfo(name, kind, train, test, use_one_hot and kind == "mt", recurrent_info)
 
 
 def valid_meta_batch_sizes(num_classes: int, num_goals: int = N_GOALS) -> list[int]:
@@ -126,13 +130,14 @@ def make_env_fns(
     classes = bench.train_classes if split == "train" else bench.test_classes
     all_tasks = bench.train_tasks if split == "train" else bench.test_tasks
     per_class = meta_batch_size // len(classes)
+    init = _init_recurrent_env if info.recurrent_info else _init_each_env
     fns = []
     for class_id, (env_name, env_cls) in enumerate(classes.items()):
         tasks = [t for t in all_tasks if t.env_name == env_name]
         assert len(tasks) == N_GOALS, (env_name, len(tasks))
         for i in range(per_class):
             fns.append(functools.partial(
-                _init_each_env,
+                init,
                 env_cls=env_cls,
                 tasks=tasks[i::per_class],
                 seed=env_seed,
@@ -151,3 +156,22 @@ def task_ids(info: BenchmarkInfo, meta_batch_size: int, split: str) -> list[int]
     """Class index of each task slot, matching `make_env_fns` order."""
     n = len(info.classes(split))
     return [i // (meta_batch_size // n) for i in range(meta_batch_size)]
+
+
+class EpisodeStartFlag(gym.Wrapper):
+    """Sets the done slot (the last entry) of Meta-World's recurrent-info observation to 1 in
+    every reset observation. `RNNBasedMetaRLWrapper` writes done=1 only into an episode's final
+    observation, which the policy never reads under same-step autoreset (the vector env hands
+    back the next episode's reset observation, done=0, in its place); with this flag the first
+    observation of each episode carries the boundary, RL²'s d = 1 (Duan et al. 2016)."""
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        obs, info = self.env.reset(seed=seed, options=options)
+        obs = obs.copy()
+        obs[-1] = 1.0
+        return obs, info
+
+
+def _init_recurrent_env(**kwargs) -> gym.Env:
+    """`_init_each_env` with `recurrent_info_in_obs`: obs + (a_{t-1}, r_{t-1} / 10, done)."""
+    return EpisodeStartFlag(_init_each_env(recurrent_info_in_obs=True, **kwargs))

@@ -4,6 +4,11 @@
 under `single_threaded_torch`, as the training collector does):
 `init` (fresh meta-parameters), `adapt_action` + `step` (collect adaptation data), `adapt`
 (inner-loop update with the same code as training), `eval_action` and `reset`.
+
+Recurrent learners (RL²): the state starts at `init()` (a new round of test tasks: a new trial)
+and runs on through the adaptation episodes into the evaluation episodes of the same round;
+`reset` (an episode ended) leaves it alone and `adapt` is a no-op, since adaptation lives in the
+state. Learners without an inner loop keep no adaptation data.
 """
 
 from __future__ import annotations
@@ -13,27 +18,31 @@ import numpy.typing as npt
 import torch
 from metaworld.evaluation import Timestep
 
-from metarl_lightning.types import MetaLearner, Params, Rollout
+from metarl_lightning.types import MetaLearner, Params, Rollout, State
 
 
 class MetaLearnerAgent:
     def __init__(self, learner: MetaLearner, num_envs: int, deterministic: bool = True):
         self.learner, self.num_envs, self.deterministic = learner, num_envs, deterministic
         self.params: Params = learner.sampling_params(num_envs)
+        self.state: State = learner.initial_state(num_envs)  # MT: one state for the whole run
         self._steps: list[Timestep] = []
 
     # MetaLearningAgent protocol -----------------------------------------------------------
     def init(self) -> None:
         self.params = self.learner.sampling_params(self.num_envs)
+        self.state = self.learner.initial_state(self.num_envs)  # new round: a new trial
         self._steps = []
 
     def adapt_action(self, observations: npt.NDArray) -> tuple[npt.NDArray, dict[str, npt.NDArray]]:
-        action, raw, logp = self.learner.act(self.params, _obs(observations))
+        action, raw, logp, self.state = self.learner.act(self.params, _obs(observations),
+                                                         self.state)
         return action[:, 0].cpu().numpy(), {"raw": raw[:, 0].cpu().numpy(),
                                             "log_prob": logp[:, 0].cpu().numpy()}
 
     def step(self, timestep: Timestep) -> None:
-        self._steps.append(timestep)
+        if self.learner.inner_loop:  # others adapt without a gradient step: keep nothing
+            self._steps.append(timestep)
 
     def adapt(self) -> None:
         if not self._steps:
@@ -44,13 +53,15 @@ class MetaLearnerAgent:
     # Agent protocol ---------------------------------------------------------------------------
     def eval_action(self, observations: npt.NDArray) -> npt.NDArray:
         if self.deterministic:
-            action = self.learner.mean_action(self.params, _obs(observations))
+            action, self.state = self.learner.mean_action(self.params, _obs(observations),
+                                                          self.state)
         else:
-            action = self.learner.act(self.params, _obs(observations))[0]
+            action, _, _, self.state = self.learner.act(self.params, _obs(observations),
+                                                        self.state)
         return action[:, 0].cpu().numpy()
 
     def reset(self, env_mask: npt.NDArray[np.bool_]) -> None:
-        pass  # feed-forward policy: no per-episode state
+        pass  # an episode ended: no per-episode state (a recurrent state spans the round)
 
     # -----------------------------------------------------------------------------------------
     def _rollout(self) -> Rollout:

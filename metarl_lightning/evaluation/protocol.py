@@ -46,8 +46,8 @@ class Evaluator:
                  num_evals: int = 10, adaptation_episodes: int = 10, evaluation_episodes: int = 3,
                  mt_episodes: int = 50, deterministic: bool = True,
                  reward_function_version: str = "v2", num_workers: int | None = None,
-                 vector_strategy: str = "process"):
-        self.info = mw.describe(benchmark, env_name, use_one_hot)
+                 vector_strategy: str = "process", recurrent_info_in_obs: bool = False):
+        self.info = mw.describe(benchmark, env_name, use_one_hot, recurrent_info_in_obs)
         if self.info.kind == "mt":
             split = "train"  # MT has no test split: the protocol evaluates the training tasks
         self.split = split

@@ -1,3 +1,5 @@
 from metarl_lightning.policies.actor_critic import ActorCritic, GaussianActor
+from metarl_lightning.policies.multihead import MultiHeadActorCritic
+from metarl_lightning.policies.recurrent import GRUActorCritic
 
-__all__ = ["ActorCritic", "GaussianActor"]
+__all__ = ["ActorCritic", "GRUActorCritic", "GaussianActor", "MultiHeadActorCritic"]

@@ -39,10 +39,11 @@ class LayerNorm(nn.Module):
         return (x - mean) * torch.rsqrt(var + self.eps) * self.weight + self.bias
 
 
-def mlp(in_dim: int, sizes: list[int], out_dim: int, *, layer_norm: bool, activation: str,
-        out_gain: float) -> nn.Sequential:
+def mlp(in_dim: int, sizes: list[int], out_dim: int | None, *, layer_norm: bool, activation: str,
+        out_gain: float = 1.0) -> nn.Sequential:
     """Orthogonal init, gain sqrt(2) in hidden layers and `out_gain` at the output (the PPO
-    implementation details of Huang et al. 2022, '37 details', item 2)."""
+    implementation details of Huang et al. 2022, '37 details', item 2). `out_dim=None`: the
+    hidden layers only (a trunk for the heads of policies/multihead.py)."""
     if activation not in _ACTIVATIONS:
         raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
     layers: list[nn.Module] = []
@@ -55,6 +56,8 @@ def mlp(in_dim: int, sizes: list[int], out_dim: int, *, layer_norm: bool, activa
             layers.append(LayerNorm(size))
         layers.append(_ACTIVATIONS[activation]())
         in_dim = size
+    if out_dim is None:
+        return nn.Sequential(*layers)
     head = nn.Linear(in_dim, out_dim)
     nn.init.orthogonal_(head.weight, out_gain)
     nn.init.zeros_(head.bias)

@@ -40,3 +40,10 @@ def gaussian_entropy(log_std: torch.Tensor) -> torch.Tensor:
     """Entropy of the pre-squash Gaussian. The squashed entropy has no closed form; the base
     entropy is the usual bonus in PPO implementations with state-independent std."""
     return (log_std + 0.5 * (1.0 + _LOG_2PI)).sum(-1)
+
+
+def sample_tanh_gaussian(mean: torch.Tensor, log_std: torch.Tensor, scale: torch.Tensor,
+                         bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(action in the box, raw pre-tanh sample u, log-prob of the action) for (..., act) inputs."""
+    raw = mean + log_std.exp() * torch.randn_like(mean)
+    return squash(raw, scale, bias), raw, tanh_gaussian_log_prob(mean, log_std, raw, scale)

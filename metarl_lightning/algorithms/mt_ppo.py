@@ -1,0 +1,95 @@
+"""MT-PPO: one policy trained with PPO on every task of a multi-task (MT) benchmark at once, no
+inner loop; the policy tells the tasks apart by the one-hot task id in the observation
+(Meta-World's MT baselines, Yu et al. 2019; PPO, Schulman et al. 2017). With
+`model=multihead_mlp` each task also gets its own output heads.
+
+Collection is the collector's one-phase mode (`inner_loop = False`): `episodes_per_task`
+episodes per task slot with the shared policy. The update is plain PPO over all T x N samples.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import nn
+
+from metarl_lightning.algorithms import functional as F
+from metarl_lightning.algorithms.base import MetaRLModule
+from metarl_lightning.policies.distributions import (
+    sample_tanh_gaussian,
+    squash,
+    tanh_gaussian_log_prob,
+)
+from metarl_lightning.types import Params, State
+
+
+class MTPPO(MetaRLModule):
+    name = "mt_ppo"
+    benchmark_kinds = ("mt",)
+    needs_one_hot = True
+
+    def __init__(
+        self,
+        policy: nn.Module,  # ActorCritic or MultiHeadActorCritic: .actor(obs), .value(obs)
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
+        episodes_per_task: int = 1,  # read by the DataModule; stored for the record
+        update_epochs: int = 8,
+        num_minibatches: int = 4,  # over the T x N samples of an iteration
+        clip: float = 0.2,
+        vf_coef: float = 0.5,
+        ent_coef: float = 0.005,
+        max_grad_norm: float = 0.5,
+        gamma: float = 0.99,
+        gae_lambda: float = 0.97,
+        reward_scale: float = 0.01,
+        max_nonfinite_steps: int = 5,
+    ):
+        super().__init__(optimizer, scheduler)
+        self.save_hyperparameters(ignore=["policy", "optimizer", "scheduler"])
+        self.policy = policy
+
+    # --- MetaLearner protocol: the shared policy for every task, no state, no adaptation -------
+    @torch.no_grad()
+    def act(self, params: Params, obs: torch.Tensor, state: State = None):
+        actor = self.policy.actor
+        mean, log_std = actor(obs.to(self.device))  # (T, B, act)
+        return (*sample_tanh_gaussian(mean, log_std, actor.action_scale, actor.action_bias),
+                state)
+
+    @torch.no_grad()
+    def mean_action(self, params: Params, obs: torch.Tensor, state: State = None):
+        actor = self.policy.actor
+        mean, _ = actor(obs.to(self.device))
+        return squash(mean, actor.action_scale, actor.action_bias), state
+
+    # process_rollout: the feed-forward critic's GAE of MetaRLModule
+
+    # --- training ----------------------------------------------------------------------------
+    def training_step(self, dataloader_iter: Iterator) -> None:
+        # Batch pulled here, not passed in: see MAMLPPO.training_step (no stale prefetch).
+        batch, _, _ = next(dataloader_iter)
+        batch = self.trainer.strategy.batch_to_device(batch)
+        start = time.perf_counter()
+        opt, sched = self.optimizers(), self.lr_schedulers()
+        data = batch.support  # one phase: (T, N) per field
+        flat = {k: v.flatten(0, 1) for k, v in data._asdict().items()}  # (T*N, ...)
+        actor = self.policy.actor
+
+        def forward(idx: torch.Tensor):
+            obs = flat["obs"][idx]
+            mean, log_std = actor(obs)
+            log_probs = tanh_gaussian_log_prob(mean, log_std, flat["raw_actions"][idx],
+                                               actor.action_scale)
+            return (log_probs, flat["log_probs"][idx], flat["advantages"][idx],
+                    self.policy.value(obs), flat["returns"][idx], log_std)
+
+        metrics = self._ppo_epochs(opt, flat["obs"].shape[0], forward)
+        if sched is not None:
+            sched.step()
+        # Sampling-time values (returns - advantages) against the returns, as in CleanRL.
+        metrics["explained_variance"] = F.explained_variance(data.returns - data.advantages,
+                                                             data.returns)
+        self._log_iteration(batch, metrics, time.perf_counter() - start)

@@ -1,0 +1,120 @@
+"""RL²-PPO: a recurrent policy that adapts in its hidden state (Duan et al. 2016, 'RL²: Fast RL via
+slow RL'; Wang et al. 2016, 'Learning to reinforcement learn'), trained with PPO (Schulman et al.
+2017) over whole trials.
+
+A trial is `episodes_per_task` consecutive episodes on one task. The GRU's input carries the
+previous action, reward and an episode-start flag (Meta-World's `recurrent_info_in_obs`), its
+hidden state starts from zeros when a task is drawn and runs on across the episode boundaries
+inside the trial, so what the policy learns in episode 1 can pay off in episode 2. There is no
+inner loop (`inner_loop = False`): the collector's one-phase mode gathers one trial per task
+slot and resets the state between trials; the evaluation adapter's `adapt` is a no-op and its
+state resets at `init()` (a new round of test tasks), not between episodes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+import torch
+
+from metarl_lightning.algorithms import functional as F
+from metarl_lightning.algorithms.base import MetaRLModule
+from metarl_lightning.policies import GRUActorCritic
+from metarl_lightning.policies.distributions import (
+    sample_tanh_gaussian,
+    squash,
+    tanh_gaussian_log_prob,
+)
+from metarl_lightning.types import Params, Rollout, State
+
+
+class RL2PPO(MetaRLModule):
+    name = "rl2_ppo"
+    benchmark_kinds = ("ml",)
+    recurrent_policy = True
+
+    def __init__(
+        self,
+        policy: GRUActorCritic,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
+        episodes_per_task: int = 2,  # trial length in episodes; read by the DataModule
+        recurrent_info_in_obs: bool = True,  # envs append (a_{t-1}, r_{t-1}, episode start)
+        update_epochs: int = 8,
+        num_minibatches: int = 2,  # over the T trials of an iteration (whole trials each)
+        clip: float = 0.2,
+        vf_coef: float = 0.5,
+        ent_coef: float = 0.005,
+        max_grad_norm: float = 0.5,
+        gamma: float = 0.99,
+        gae_lambda: float = 0.95,
+        reward_scale: float = 0.01,
+        max_nonfinite_steps: int = 5,
+    ):
+        super().__init__(optimizer, scheduler)
+        self.save_hyperparameters(ignore=["policy", "optimizer", "scheduler"])
+        self.policy = policy
+
+    # --- MetaLearner protocol ---------------------------------------------------------------
+    def initial_state(self, num_envs: int) -> State:
+        return self.policy.initial_state(num_envs).to(self.device)  # zeros: a new trial
+
+    @torch.no_grad()
+    def act(self, params: Params, obs: torch.Tensor, state: State = None):
+        # obs (T, 1, obs) -> one GRU step per env; state (T, hidden) in and out
+        state = self.initial_state(obs.shape[0]) if state is None else state
+        mean, log_std, _, state = self.policy(obs.to(self.device), state)
+        p = self.policy
+        return (*sample_tanh_gaussian(mean, log_std, p.action_scale, p.action_bias), state)
+
+    @torch.no_grad()
+    def mean_action(self, params: Params, obs: torch.Tensor, state: State = None):
+        state = self.initial_state(obs.shape[0]) if state is None else state
+        mean, _, _, state = self.policy(obs.to(self.device), state)
+        return squash(mean, self.policy.action_scale, self.policy.action_bias), state
+
+    def unroll(self, obs: torch.Tensor):
+        """Whole trials from the trial-start state: obs (B, N, obs) -> mean, log_std (B, N, act),
+        values (B, N). Same inputs, same initial state as at sampling time, so the log-probs
+        match the sampling-time ones before the first update (tests/test_methods.py)."""
+        mean, log_std, values, _ = self.policy(obs, self.initial_state(obs.shape[0]))
+        return mean, log_std, values
+
+    @torch.no_grad()
+    def process_rollout(self, rollout: Rollout) -> Rollout:
+        """GAE over the whole trial. The trial is RL²'s episode (Duan et al. 2016, sec. 2.2):
+        returns run across the episode boundaries inside it (the next value there is that of the
+        next episode's first observation, which the policy sees next), and only the trial's end
+        is terminal. `rollout` holds exactly one trial per task: (T, episodes * H)."""
+        r = rollout._replace(**{k: v.to(self.device) for k, v in rollout._asdict().items()})
+        _, _, values = self.unroll(r.obs)  # (T, N)
+        next_values = torch.cat([values[:, 1:], torch.zeros_like(values[:, :1])], 1)
+        trial_end = torch.zeros_like(values)
+        trial_end[:, -1] = 1.0
+        adv = F.gae(r.rewards * self.hparams.reward_scale, values, next_values, trial_end,
+                    trial_end, self.hparams.gamma, self.hparams.gae_lambda)
+        return rollout._replace(advantages=adv.cpu(), returns=(adv + values).cpu())
+
+    # --- training ----------------------------------------------------------------------------
+    def training_step(self, dataloader_iter: Iterator) -> None:
+        # Batch pulled here, not passed in: see MAMLPPO.training_step (no stale prefetch).
+        batch, _, _ = next(dataloader_iter)
+        batch = self.trainer.strategy.batch_to_device(batch)
+        start = time.perf_counter()
+        opt, sched = self.optimizers(), self.lr_schedulers()
+        trials = batch.support  # one phase: (T, N) per field, one trial per task slot
+
+        def forward(idx: torch.Tensor):  # idx: a minibatch of whole trials
+            mean, log_std, values = self.unroll(trials.obs[idx])  # (B, N, ...)
+            log_probs = tanh_gaussian_log_prob(mean, log_std, trials.raw_actions[idx],
+                                               self.policy.action_scale)
+            return (log_probs, trials.log_probs[idx], trials.advantages[idx], values,
+                    trials.returns[idx], log_std)
+
+        metrics = self._ppo_epochs(opt, trials.obs.shape[0], forward)
+        if sched is not None:
+            sched.step()
+        metrics["explained_variance"] = F.explained_variance(trials.returns - trials.advantages,
+                                                             trials.returns)
+        self._log_iteration(batch, metrics, time.perf_counter() - start)

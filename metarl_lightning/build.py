@@ -1,0 +1,31 @@
+"""A run's policy and algorithm module from its config. train.py and checkpoints.load_run
+(evaluate.py) both build through here, so a checkpoint is rebuilt exactly as it was trained."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from hydra.utils import get_class, instantiate
+
+from metarl_lightning.envs.benchmarks import ACTION_DIM, BenchmarkInfo, describe
+
+
+def recurrent_info_in_obs(cfg: Any) -> bool:
+    """Whether the algorithm wants Meta-World's recurrent info in the observation (RL²)."""
+    return bool(cfg.algorithm.get("recurrent_info_in_obs", False))
+
+
+def benchmark_info(cfg: Any) -> BenchmarkInfo:
+    b = cfg.benchmark
+    return describe(b.name, b.env_name, b.use_one_hot, recurrent_info_in_obs(cfg))
+
+
+def build_module(cfg: Any, info: BenchmarkInfo):
+    """Sizes known only now are passed at instantiation (lightning-hydra-template style);
+    `num_tasks` only to models that take it (model=multihead_mlp)."""
+    sizes: dict[str, int] = {"obs_dim": info.obs_dim, "action_dim": ACTION_DIM}
+    if "num_tasks" in inspect.signature(get_class(cfg.model._target_)).parameters:
+        sizes["num_tasks"] = len(info.train_classes)
+    policy = instantiate(cfg.model, **sizes)
+    return instantiate(cfg.algorithm, policy=policy)

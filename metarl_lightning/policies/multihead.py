@@ -1,0 +1,93 @@
+"""Multi-head actor-critic for multi-task (MT) benchmarks: a shared MLP trunk and one linear output
+head per task, the head picked by the one-hot task id that Meta-World's MT envs append to the
+observation (`benchmark.use_one_hot`). The multi-head baseline of Meta-World (Yu et al. 2019,
+MT multi-head SAC), here as a tanh-Gaussian actor-critic usable by MT-PPO and MAML-PPO alike
+(the actor is called functionally, like `GaussianActor`)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from metarl_lightning.policies.actor_critic import hidden_sizes, mlp
+
+
+class MultiHeadLinear(nn.Module):
+    """K linear maps (K = tasks); `onehot` (..., K) selects one per sample. All K heads are
+    evaluated and masked (one einsum: no gather, so `vmap`/`functional_call` work unchanged)."""
+
+    def __init__(self, in_dim: int, out_dim: int, num_tasks: int, gain: float):
+        super().__init__()
+        weights = [nn.init.orthogonal_(torch.empty(out_dim, in_dim), gain).T
+                   for _ in range(num_tasks)]  # each head initialised like nn.Linear's
+        self.weight = nn.Parameter(torch.stack(weights))  # (K, in, out)
+        self.bias = nn.Parameter(torch.zeros(num_tasks, out_dim))  # (K, out)
+
+    def forward(self, h: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
+        every = torch.einsum("...i,kio->...ko", h, self.weight) + self.bias  # (..., K, out)
+        return (onehot.unsqueeze(-1) * every).sum(-2)  # (..., out)
+
+
+class MultiHeadMLP(nn.Module):
+    """obs (..., obs_dim) whose last `num_tasks` entries are the one-hot id -> (..., out_dim)."""
+
+    def __init__(self, obs_dim: int, sizes: list[int], out_dim: int, num_tasks: int, *,
+                 layer_norm: bool, activation: str, out_gain: float):
+        super().__init__()
+        self.num_tasks = num_tasks
+        self.trunk = mlp(obs_dim, sizes, None, layer_norm=layer_norm, activation=activation)
+        self.heads = MultiHeadLinear(sizes[-1], out_dim, num_tasks, out_gain)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.heads(self.trunk(obs), obs[..., -self.num_tasks:])
+
+
+class MultiHeadGaussianActor(nn.Module):
+    """`GaussianActor` with a multi-head mean: obs -> (mean, log_std), state-independent log-std
+    shared by the tasks, action-box bounds as buffers."""
+
+    def __init__(self, obs_dim: int, action_dim: int, sizes: list[int], num_tasks: int, *,
+                 layer_norm: bool, activation: str, init_log_std: float,
+                 action_low: torch.Tensor, action_high: torch.Tensor):
+        super().__init__()
+        self.net = MultiHeadMLP(obs_dim, sizes, action_dim, num_tasks, layer_norm=layer_norm,
+                                activation=activation, out_gain=0.01)
+        self.log_std = nn.Parameter(torch.full((action_dim,), float(init_log_std)))
+        self.register_buffer("action_scale", (action_high - action_low) / 2)
+        self.register_buffer("action_bias", (action_high + action_low) / 2)
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = self.net(obs)  # (..., act)
+        return mean, self.log_std.expand_as(mean)
+
+
+class MultiHeadActorCritic(nn.Module):
+    """Actor and critic, each a shared trunk with one head per task. Needs an MT benchmark with
+    `use_one_hot` (checked by config.validate); `num_tasks` is passed by train.py."""
+
+    multi_task: ClassVar[bool] = True
+
+    def __init__(self, obs_dim: int, action_dim: int, num_tasks: int, hidden_dim: int = 256,
+                 num_layers: int = 3, shrink_last: bool = True, layer_norm: bool = True,
+                 activation: str = "tanh", init_log_std: float = 0.0, action_low: float = -1.0,
+                 action_high: float = 1.0):
+        super().__init__()
+        sizes = hidden_sizes(hidden_dim, num_layers, shrink_last)
+        low = torch.full((action_dim,), float(action_low))
+        high = torch.full((action_dim,), float(action_high))
+        self.obs_dim, self.action_dim, self.num_tasks = obs_dim, action_dim, num_tasks
+        self.actor = MultiHeadGaussianActor(obs_dim, action_dim, sizes, num_tasks,
+                                            layer_norm=layer_norm, activation=activation,
+                                            init_log_std=init_log_std, action_low=low,
+                                            action_high=high)
+        self.critic = MultiHeadMLP(obs_dim, sizes, 1, num_tasks, layer_norm=layer_norm,
+                                   activation=activation, out_gain=1.0)
+
+    def value(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.critic(obs).squeeze(-1)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+

@@ -1,0 +1,263 @@
+"""RL²-PPO, MT-PPO and the model choices behind the same DataModule, evaluation and entry points:
+one training step and the protocol for each, RL²'s trial boundaries, mismatched choices."""
+
+from __future__ import annotations
+
+import functools
+import json
+import subprocess
+import sys
+
+import gymnasium as gym
+import pytest
+import torch
+
+from metarl_lightning import config as schema
+from metarl_lightning import envs as mw
+from metarl_lightning.algorithms import RL2PPO
+from metarl_lightning.checkpoints import load_run
+from metarl_lightning.data import RolloutCollector
+from metarl_lightning.evaluation import Evaluator
+from metarl_lightning.policies import GRUActorCritic, MultiHeadActorCritic
+from metarl_lightning.policies.distributions import tanh_gaussian_log_prob
+from metarl_lightning.types import ConfigError, Rollout
+from tests.conftest import ROOT, TINY, compose_cfg
+from tests.test_evaluation import StopAtStep, _train_rows  # noqa: F401  (StopAtStep by path)
+from train import train
+
+# TINY minus MAML's algorithm keys, plus the PPO methods' own.
+BASE = [o for o in TINY if not o.startswith("algorithm.")] + ["algorithm.update_epochs=2"]
+METHODS = {  # name -> overrides of a tiny run on the benchmark it is meant for
+    "rl2_ppo": ["algorithm=rl2_ppo", "model=gru"],
+    "mt_ppo": ["algorithm=mt_ppo", "benchmark=mt1"],
+    "mt_ppo_multihead": ["algorithm=mt_ppo", "benchmark=mt1", "model=multihead_mlp"],
+}
+
+
+def _cfg(tmp_path, *extra):
+    return compose_cfg(BASE + list(extra), tmp_path)
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_method_trains_one_step_and_follows_the_protocol(method, tmp_path):
+    cfg = _cfg(tmp_path, *METHODS[method], "trainer.max_steps=1")
+    metrics, objs = train(cfg)
+    module = objs["module"]
+    episodes = cfg.algorithm.episodes_per_task
+    # one phase (no query): tasks x episodes x steps
+    assert module.env_steps == 2 * episodes * 10 and objs["trainer"].global_step == 1
+    for key in ("train/policy_loss", "train/value_loss", "train/approx_kl", "train/grad_norm",
+                "train/success_post", "train/env_steps", "perf/env_steps_per_s"):
+        assert torch.isfinite(torch.tensor(metrics[key])), key
+    bench = cfg.benchmark
+    evaluator = Evaluator(bench.name, "reach-v3", bench.use_one_hot, "test", seed=3,
+                          max_episode_steps=10, num_evals=2, adaptation_episodes=2,
+                          evaluation_episodes=1, mt_episodes=2, vector_strategy="sync",
+                          recurrent_info_in_obs=method == "rl2_ppo")
+    try:
+        result = evaluator.run(module)
+    finally:
+        evaluator.close()
+    assert 0.0 <= result.success_rate <= 1.0 and list(result.per_task) == ["reach-v3"]
+    if bench.name == "ML1":  # 5 envs x 2 rounds x (2 adaptation + at most 1 evaluation episode)
+        assert result.split == "test" and 5 * 2 * 2 * 10 < result.env_steps <= 5 * 2 * 3 * 10
+    else:  # MT: 5 envs of the one training task run until 2 episodes have ended
+        assert result.split == "train" and 0 < result.env_steps <= 5 * 10
+
+
+class Recorder:
+    """Delegates to a learner and records the recurrent state each act/mean_action receives."""
+
+    def __init__(self, learner):
+        self.learner, self.seen = learner, []
+
+    def __getattr__(self, name):
+        return getattr(self.learner, name)
+
+    def act(self, params, obs, state=None):
+        self.seen.append(("act", state.clone(), obs.clone()))
+        return self.learner.act(params, obs, state)
+
+    def mean_action(self, params, obs, state=None):
+        self.seen.append(("mean", state.clone(), obs.clone()))
+        return self.learner.mean_action(params, obs, state)
+
+
+def _rl2(obs_dim, seed=0):
+    torch.manual_seed(seed)
+    policy = GRUActorCritic(obs_dim, 4, hidden_dim=8)
+    return RL2PPO(policy, optimizer=functools.partial(torch.optim.Adam, lr=1e-3))
+
+
+def _ml1_recurrent_envs(tasks=2, horizon=5):
+    info = mw.describe("ML1", "reach-v3", recurrent_info=True)
+    fns = mw.make_env_fns(info, split="train", meta_batch_size=tasks, benchmark_seed=1,
+                          env_seed=1, max_episode_steps=horizon)
+    return info, gym.vector.SyncVectorEnv(fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+
+
+def test_rl2_state_resets_at_trial_boundaries_not_between_episodes():
+    H, K = 5, 3  # a trial of 3 episodes of 5 steps
+    info, envs = _ml1_recurrent_envs(horizon=H)
+    assert info.obs_dim == 39 + 4 + 2 and envs.single_observation_space.shape == (45,)
+    module = _rl2(info.obs_dim)
+    rec = Recorder(module)
+    try:
+        collector = RolloutCollector(envs, episodes_per_task=K, max_episode_steps=H)
+        first = collector.collect(rec)
+        calls_first, rec.seen = rec.seen, []
+        collector.collect(rec)  # the next trial: new tasks
+        calls_second = rec.seen
+    finally:
+        envs.close()
+    assert first.query is None and first.stats["env_steps"] == 2 * K * H
+    for calls in (calls_first, calls_second):
+        states = [s for _, s, _ in calls]
+        assert len(states) == K * H
+        assert torch.equal(states[0], torch.zeros_like(states[0]))  # trial start: reset
+        # Inside the trial, including the episode starts at t = H and 2H, never zero again.
+        assert all(s.abs().sum() > 0 for s in states[1:])
+        # The episode-start flag (last obs entry) is 1 exactly at t = 0, H, 2H.
+        flags = [float(o[0, 0, -1]) for _, _, o in calls]
+        assert flags == [1.0 if t % H == 0 else 0.0 for t in range(K * H)]
+    assert calls_first[-1][1].abs().sum() > 0  # the first trial ended with a non-zero state...
+    # ...and the update's unroll of the whole trial from zeros gives the sampling-time
+    # log-probs: same hidden states as at sampling, no reset at the episode boundaries.
+    trials, policy = first.support, module.policy
+    with torch.no_grad():
+        mean, log_std, _ = module.unroll(trials.obs)  # (T, K*H, act)
+        # the same policy, reset at every episode start instead
+        mean_reset = torch.cat([module.unroll(trials.obs[:, k * H:(k + 1) * H])[0]
+                                for k in range(K)], 1)
+    unrolled = tanh_gaussian_log_prob(mean, log_std, trials.raw_actions, policy.action_scale)
+    reset_each_episode = tanh_gaussian_log_prob(mean_reset, log_std, trials.raw_actions,
+                                                policy.action_scale)
+    torch.testing.assert_close(unrolled, trials.log_probs, atol=1e-5, rtol=1e-5)
+    # A policy reset at every episode would have sampled differently (the test can fail).
+    assert (reset_each_episode[:, H:] - trials.log_probs[:, H:]).abs().max() > 1e-3
+
+
+def test_rl2_gae_runs_across_episodes_and_ends_at_the_trial():
+    module = _rl2(45)
+    module.hparams.gamma, module.hparams.gae_lambda = 1.0, 1.0
+    T, N = 2, 6
+    z = torch.zeros(T, N)
+    dones = z.clone()
+    dones[:, 2] = dones[:, 5] = 1.0  # two episodes of 3 steps
+    rollout = Rollout(obs=torch.randn(T, N, 45), next_obs=torch.randn(T, N, 45),
+                      raw_actions=torch.zeros(T, N, 4), log_probs=z, rewards=torch.ones(T, N),
+                      terminated=z, dones=dones, advantages=z, returns=z)
+    out = module.process_rollout(rollout)
+    # gamma = lambda = 1: the return-to-go of the whole trial, across the episode boundary.
+    expected = torch.arange(N, 0, -1, dtype=torch.float32) * module.hparams.reward_scale
+    torch.testing.assert_close(out.returns, expected.expand(T, N))
+
+
+def test_rl2_evaluation_state_spans_the_round_and_resets_at_init():
+    info = mw.describe("ML1", "reach-v3", recurrent_info=True)
+    module = _rl2(info.obs_dim)
+    rec = Recorder(module)
+    evaluator = Evaluator("ML1", "reach-v3", False, "test", seed=3, max_episode_steps=10,
+                          num_evals=2, adaptation_episodes=2, evaluation_episodes=1,
+                          vector_strategy="sync", recurrent_info_in_obs=True)
+    try:
+        evaluator.run(rec)
+    finally:
+        evaluator.close()
+    kinds = [k for k, _, _ in rec.seen]
+    zero = [bool((s == 0).all()) for _, s, _ in rec.seen]
+    # Each round: 2 adaptation episodes (act) then evaluation episodes (mean action) on the same
+    # trial; the state is zero exactly at the first step of each round (init), and carries over
+    # the adaptation episodes' boundary and into the evaluation episodes.
+    starts = [i for i, z in enumerate(zero) if z]
+    assert starts == [0, kinds.index("act", kinds.index("mean"))]
+    assert kinds[:20] == ["act"] * 20 and kinds[20] == "mean"
+    assert not zero[10] and not zero[20]  # second adaptation episode, first evaluation step
+
+
+def test_multihead_policy_selects_the_head_of_the_one_hot_task():
+    torch.manual_seed(0)
+    policy = MultiHeadActorCritic(39 + 3, 4, num_tasks=3, hidden_dim=8, num_layers=2)
+    obs = torch.randn(3, 42)
+    obs[:, 39:] = torch.eye(3)  # sample k is task k
+    mean, _ = policy.actor(obs)
+    heads = policy.actor.net.heads
+    h = policy.actor.net.trunk(obs)
+    for k in range(3):
+        torch.testing.assert_close(mean[k], h[k] @ heads.weight[k] + heads.bias[k])
+    policy.value(obs[:1]).sum().backward()  # task 0 only: the other critic heads get nothing
+    grad = policy.critic.heads.weight.grad
+    assert grad[0].abs().sum() > 0 and grad[1:].abs().sum() == 0
+
+
+@pytest.mark.parametrize("args,message", [
+    (["model=gru"], "model=gru is a recurrent policy, for algorithm=rl2_ppo"),
+    (["algorithm=rl2_ppo"], "algorithm=rl2_ppo adapts in a recurrent policy's hidden state; "
+                            "add model=gru"),
+    (["algorithm=rl2_ppo", "model=gru", "benchmark=mt10"], "runs on ML benchmarks, not MT10"),
+    (["algorithm=mt_ppo"], "algorithm=mt_ppo runs on MT benchmarks, not ML1; use benchmark=mt10"),
+    (["model=multihead_mlp"], "model=multihead_mlp has one head per MT task"),
+    (["algorithm=mt_ppo", "benchmark=mt10", "benchmark.use_one_hot=false"],
+     "set benchmark.use_one_hot=true"),
+])
+def test_mismatched_choices_are_config_errors_naming_the_fix(args, message, tmp_path):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        schema.validate(compose_cfg(args, tmp_path))
+
+
+@pytest.mark.parametrize("args", [["algorithm=rl2_ppo", "model=gru"],
+                                  ["algorithm=mt_ppo", "benchmark=mt10", "model=multihead_mlp"],
+                                  ["benchmark=mt10", "model=multihead_mlp"],  # MAML, multi-head
+                                  ["algorithm.learn_inner_lr=true"]])
+def test_matching_choices_validate(args, tmp_path):
+    schema.validate(compose_cfg(args, tmp_path))
+
+
+def test_train_py_mismatch_is_one_error_line(tmp_path):
+    proc = subprocess.run([sys.executable, "train.py", "algorithm=mt_ppo",
+                           f"hydra.run.dir={tmp_path}"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1 and "algorithm=mt_ppo runs on MT benchmarks" in errors[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_rl2_checkpoint_resumes_exactly_and_evaluates_with_evaluate_py(tmp_path):
+    method = METHODS["rl2_ppo"]
+    train(_cfg(tmp_path, *method, "trainer.max_steps=3"))
+    reference = _train_rows(tmp_path / "csv" / "metrics.csv")
+    first, second = tmp_path / "first", tmp_path / "second"
+    train(compose_cfg(BASE + method + ["trainer.max_steps=3",
+                                       "+callbacks.stop._target_=tests.test_evaluation.StopAtStep",
+                                       "+callbacks.stop.step=1"], first))
+    ckpt = first / "checkpoints" / "last.ckpt"
+    train(compose_cfg(BASE + method + ["trainer.max_steps=3", f"ckpt_path={ckpt}"], second))
+    assert _train_rows(second / "csv" / "metrics.csv") == reference[1:]
+
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    module, run_cfg, _ = load_run(str(last))
+    assert isinstance(module, RL2PPO) and module.policy.obs_dim == 45
+    out = tmp_path / "eval"
+    proc = subprocess.run(
+        [sys.executable, "evaluate.py", f"ckpt_path={last}", "eval.num_evals=1",
+         "eval.adaptation_episodes=1", "eval.evaluation_episodes=1", "vector_strategy=sync",
+         f"hydra.run.dir={out}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "eval.json").read_text())
+    assert report["benchmark"] == "ML1" and report["split"] == "test"
+    assert report["env_steps_trained"] == 3 * 2 * 2 * 10  # iterations x tasks x trial x steps
+
+
+def test_meta_sgd_learns_its_inner_learning_rates_in_training(tiny_cfg):
+    metrics, objs = train(tiny_cfg("algorithm.learn_inner_lr=true", "algorithm.inner_lr=0.1"))
+    lrs = torch.cat([p.detach().flatten() for p in objs["module"].inner_lrs.values()])
+    assert (lrs != 0.1).any()  # moved by the outer optimizer
+    assert metrics["train/inner_lr_mean"] != pytest.approx(0.1, abs=1e-7)
+
+
+@pytest.mark.parametrize("name", ["ml1_rl2_cpu", "mt10_mt_ppo_cpu"])
+def test_method_experiment_files_compose_and_validate(name, tmp_path):
+    cfg = compose_cfg([f"experiment={name}"], tmp_path)
+    schema.validate(cfg)
+    assert cfg.algorithm._target_.endswith(("RL2PPO", "MTPPO"))
