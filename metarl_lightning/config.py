@@ -46,35 +46,12 @@ class GRUModelConfig:
 
 
 @dataclass
-class MAMLPPOConfig:
-    _target_: str = "metarl_lightning.algorithms.MAMLPPO"
-    optimizer: Any = MISSING
-    scheduler: Any = None
-    episodes_per_task: int = 1
-    inner_lr: float = 0.1
-    inner_steps: int = 1
-    first_order: bool = False
-    learn_inner_lr: bool = False
-    outer_epochs: int = 8
-    clip: float = 0.2
-    vf_coef: float = 0.5
-    ent_coef: float = 0.01
-    max_grad_norm: float = 0.5
-    gamma: float = 0.99
-    gae_lambda: float = 0.95
-    reward_scale: float = 0.01
-    max_nonfinite_steps: int = 5
-
-
-@dataclass
-class PPOConfig:
-    """Keys shared by the PPO methods without an inner loop (mt_ppo, rl2_ppo)."""
+class PPOKeys:
+    """Keys every PPO-based method shares: optimizer, clipped surrogate, losses, GAE, guard."""
 
     optimizer: Any = MISSING
     scheduler: Any = None
     episodes_per_task: int = 1
-    update_epochs: int = 8
-    num_minibatches: int = 4
     clip: float = 0.2
     vf_coef: float = 0.5
     ent_coef: float = 0.005
@@ -83,6 +60,25 @@ class PPOConfig:
     gae_lambda: float = 0.95
     reward_scale: float = 0.01
     max_nonfinite_steps: int = 5
+
+
+@dataclass
+class MAMLPPOConfig(PPOKeys):
+    _target_: str = "metarl_lightning.algorithms.MAMLPPO"
+    inner_lr: float = 0.1
+    inner_steps: int = 1
+    first_order: bool = False
+    learn_inner_lr: bool = False
+    outer_epochs: int = 8
+    ent_coef: float = 0.01
+
+
+@dataclass
+class PPOConfig(PPOKeys):
+    """Keys shared by the PPO methods without an inner loop (mt_ppo, rl2_ppo)."""
+
+    update_epochs: int = 8
+    num_minibatches: int = 4
 
 
 @dataclass

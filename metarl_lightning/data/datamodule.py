@@ -25,26 +25,22 @@ class MetaBatchStream(IterableDataset):
     actions and sampling-time adaptation; data flows one way, into `training_step`.
 
     An env fault (a worker died, hung past its timeout, or an env raised) discards the partial
-    meta-batch; `restart()` rebuilds the envs (at most `restarts` times in the run) or the fault
-    propagates and the run stops with its last checkpoint.
+    meta-batch; `restart()` rebuilds the envs and returns True, or returns False when the run's
+    restarts are used up, and the fault propagates: the run stops with its last checkpoint.
     """
 
     def __init__(self, collector: Callable[[], RolloutCollector], learner: MetaLearner,
-                 restart: Callable[[], None], restarts: int = 0):
-        self.collector, self.learner = collector, learner
-        self.restart, self.restarts_left = restart, restarts
+                 restart: Callable[[], bool]):
+        self.collector, self.learner, self.restart = collector, learner, restart
 
     def __iter__(self) -> Iterator[MetaBatch]:
         while True:
             try:
                 batch = self.collector().collect(self.learner)
             except EnvFault as fault:
-                if self.restarts_left <= 0:
+                log.warning("env fault: %s", str(fault).splitlines()[0])
+                if not self.restart():
                     raise
-                self.restarts_left -= 1
-                log.warning("env fault, rebuilding the envs (%d restarts left): %s",
-                            self.restarts_left, str(fault).splitlines()[0])
-                self.restart()
                 continue
             yield batch
 
@@ -106,12 +102,17 @@ class MetaWorldDataModule(L.LightningDataModule):
         self.collector = RolloutCollector(self.envs, self.episodes_per_task,
                                           self.max_episode_steps)
 
-    def restart_envs(self) -> None:
-        """After an env fault: close whatever is left and build the envs afresh (same seeds)."""
+    def restart_envs(self) -> bool:
+        """After an env fault: close whatever is left and build the envs afresh (same seeds);
+        False once `env_restarts` restarts have been made in this run."""
+        if self.restarts_done >= self.env_restarts:
+            return False
         self.restarts_done += 1
+        log.warning("rebuilding the envs (restart %d of %d)", self.restarts_done, self.env_restarts)
         if self.envs is not None:
             self.envs.close()
         self._build_envs()
+        return True
 
     def train_dataloader(self) -> DataLoader:
         learner = self.trainer.lightning_module
@@ -119,8 +120,7 @@ class MetaWorldDataModule(L.LightningDataModule):
         # process's stepper (which has its own worker processes), the policy in this one.
         # Own generator: building the loader's iterator draws a base seed, which must not consume
         # the global torch RNG (restored from checkpoints for exact resume).
-        stream = MetaBatchStream(lambda: self.collector, learner, self.restart_envs,
-                                 restarts=self.env_restarts - self.restarts_done)
+        stream = MetaBatchStream(lambda: self.collector, learner, self.restart_envs)
         return DataLoader(stream, batch_size=None, num_workers=0,
                           generator=torch.Generator().manual_seed(self.seed))
 

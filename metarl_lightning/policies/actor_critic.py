@@ -71,10 +71,12 @@ class GaussianActor(nn.Module):
 
     def __init__(self, obs_dim: int, action_dim: int, sizes: list[int], *, layer_norm: bool,
                  activation: str, init_log_std: float, action_low: torch.Tensor,
-                 action_high: torch.Tensor):
+                 action_high: torch.Tensor, net: nn.Module | None = None):
         super().__init__()
-        self.net = mlp(obs_dim, sizes, action_dim, layer_norm=layer_norm, activation=activation,
-                       out_gain=0.01)  # small initial means: near-uniform actions at start
+        # `net`: another obs -> mean network (e.g. the multi-head MLP); default a plain MLP
+        self.net = net if net is not None else mlp(
+            obs_dim, sizes, action_dim, layer_norm=layer_norm, activation=activation,
+            out_gain=0.01)  # small initial means: near-uniform actions at start
         self.log_std = nn.Parameter(torch.full((action_dim,), float(init_log_std)))
         self.register_buffer("action_scale", (action_high - action_low) / 2)
         self.register_buffer("action_bias", (action_high + action_low) / 2)

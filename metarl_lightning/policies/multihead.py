@@ -2,7 +2,7 @@
 head per task, the head picked by the one-hot task id that Meta-World's MT envs append to the
 observation (`benchmark.use_one_hot`). The multi-head baseline of Meta-World (Yu et al. 2019,
 MT multi-head SAC), here as a tanh-Gaussian actor-critic usable by MT-PPO and MAML-PPO alike
-(the actor is called functionally, like `GaussianActor`)."""
+(the actor is a `GaussianActor` whose mean network is the multi-head MLP)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from metarl_lightning.policies.actor_critic import hidden_sizes, mlp
+from metarl_lightning.policies.actor_critic import GaussianActor, hidden_sizes, mlp
 
 
 class MultiHeadLinear(nn.Module):
@@ -44,25 +44,6 @@ class MultiHeadMLP(nn.Module):
         return self.heads(self.trunk(obs), obs[..., -self.num_tasks:])
 
 
-class MultiHeadGaussianActor(nn.Module):
-    """`GaussianActor` with a multi-head mean: obs -> (mean, log_std), state-independent log-std
-    shared by the tasks, action-box bounds as buffers."""
-
-    def __init__(self, obs_dim: int, action_dim: int, sizes: list[int], num_tasks: int, *,
-                 layer_norm: bool, activation: str, init_log_std: float,
-                 action_low: torch.Tensor, action_high: torch.Tensor):
-        super().__init__()
-        self.net = MultiHeadMLP(obs_dim, sizes, action_dim, num_tasks, layer_norm=layer_norm,
-                                activation=activation, out_gain=0.01)
-        self.log_std = nn.Parameter(torch.full((action_dim,), float(init_log_std)))
-        self.register_buffer("action_scale", (action_high - action_low) / 2)
-        self.register_buffer("action_bias", (action_high + action_low) / 2)
-
-    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mean = self.net(obs)  # (..., act)
-        return mean, self.log_std.expand_as(mean)
-
-
 class MultiHeadActorCritic(nn.Module):
     """Actor and critic, each a shared trunk with one head per task. Needs an MT benchmark with
     `use_one_hot` (checked by config.validate); `num_tasks` is passed by train.py."""
@@ -78,10 +59,11 @@ class MultiHeadActorCritic(nn.Module):
         low = torch.full((action_dim,), float(action_low))
         high = torch.full((action_dim,), float(action_high))
         self.obs_dim, self.action_dim, self.num_tasks = obs_dim, action_dim, num_tasks
-        self.actor = MultiHeadGaussianActor(obs_dim, action_dim, sizes, num_tasks,
-                                            layer_norm=layer_norm, activation=activation,
-                                            init_log_std=init_log_std, action_low=low,
-                                            action_high=high)
+        heads = MultiHeadMLP(obs_dim, sizes, action_dim, num_tasks, layer_norm=layer_norm,
+                             activation=activation, out_gain=0.01)
+        self.actor = GaussianActor(obs_dim, action_dim, sizes, layer_norm=layer_norm,
+                                   activation=activation, init_log_std=init_log_std,
+                                   action_low=low, action_high=high, net=heads)
         self.critic = MultiHeadMLP(obs_dim, sizes, 1, num_tasks, layer_norm=layer_norm,
                                    activation=activation, out_gain=1.0)
 
