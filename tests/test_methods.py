@@ -51,7 +51,8 @@ def test_method_trains_one_step_and_follows_the_protocol(method, tmp_path):
         assert torch.isfinite(torch.tensor(metrics[key])), key
     bench = cfg.benchmark
     evaluator = Evaluator(bench.name, "reach-v3", bench.use_one_hot, "test", seed=3,
-                          meta_batch_size=5 if bench.name == "ML1" else None, max_episode_steps=10, num_evals=2, adaptation_episodes=2,
+                          meta_batch_size=5 if bench.name == "ML1" else None,
+                          max_episode_steps=10, num_evals=2, adaptation_episodes=2,
                           evaluation_episodes=1, mt_episodes=2, vector_strategy="sync",
                           recurrent_info_in_obs=method == "rl2_ppo")
     try:
