@@ -185,7 +185,7 @@ class TrainConfig:
     task_name: str = "train"
     seed: int = 1
     ckpt_path: str | None = None
-    max_env_steps: int | None = None  # stop once train/env_steps reaches it (any method)
+    max_env_steps: float | None = None  # stop once train/env_steps reaches it (any method); 2e7 ok
     tags: list[str] = field(default_factory=list)
     optimized_metric: str | None = "val/success_rate"  # main() returns it to a sweeper
 
