@@ -110,8 +110,8 @@ class MTSAC(MetaRLModule):
         """(S, obs) -> (S, act): uniform in the action box during the warm-up, else a sample."""
         actor = self.policy.actor
         if self.vector_steps < self.hparams.warmup_steps:
-            u = torch.rand(obs.shape[0], self.policy.action_dim) * 2 - 1
-            return (actor.action_bias + actor.action_scale * u).cpu()
+            u = torch.rand(obs.shape[0], self.policy.action_dim) * 2 - 1  # CPU RNG (resumable)
+            return actor.action_bias.cpu() + actor.action_scale.cpu() * u
         return self.act({}, obs[:, None])[0][:, 0].cpu()
 
     # --- MetaLearner protocol: one shared policy, no state, no adaptation ---------------------
