@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from metarl_lightning import config as schema
 from metarl_lightning.build import build_module, recurrent_info_in_obs
+from metarl_lightning.callbacks import EnvStepBudget
 from metarl_lightning.checkpoints import AtomicCheckpointIO, check_resumable
 from metarl_lightning.cli import check_overrides
 from metarl_lightning.data import MetaWorldDataModule
@@ -64,10 +65,16 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
         check_resumable(cfg.ckpt_path, module)
     loggers = _instantiate_all(cfg.logger)
     callbacks = _instantiate_all(cfg.callbacks)
+    if cfg.get("max_env_steps") is not None:
+        # first, so that meta_eval's at_end sees the stop in the same step
+        callbacks.insert(0, EnvStepBudget(int(cfg.max_env_steps)))
     if not cfg.trainer.enable_progress_bar:  # Lightning refuses a bar callback then
         callbacks = [c for c in callbacks if not isinstance(c, L.pytorch.callbacks.ProgressBar)]
+    # An env-step budget replaces the iteration count as the stop (trainer.max_steps still sets
+    # the PPO schedulers' horizon, ${trainer.max_steps} in their config).
+    budget = {"max_steps": -1} if cfg.get("max_env_steps") is not None else {}
     trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
-                                     plugins=[AtomicCheckpointIO()])
+                                     plugins=[AtomicCheckpointIO()], **budget)
     for logger in loggers:
         logger.log_hyperparams(module.run_config)
         if type(logger).__name__ == "WandbLogger":  # W&B curves against env steps, not updates

@@ -24,8 +24,15 @@ def benchmark_info(cfg: Any) -> BenchmarkInfo:
 def build_module(cfg: Any, info: BenchmarkInfo):
     """Sizes known only now are passed at instantiation (lightning-hydra-template style);
     `num_tasks` only to models that take it (model=multihead_mlp)."""
-    sizes: dict[str, int] = {"obs_dim": info.obs_dim, "action_dim": ACTION_DIM}
-    if "num_tasks" in inspect.signature(get_class(cfg.model._target_)).parameters:
+    sizes: dict[str, Any] = {"obs_dim": info.obs_dim, "action_dim": ACTION_DIM}
+    model_cls = get_class(cfg.model._target_)
+    # An algorithm with networks of its own (MT-SAC's twin Q critics) builds them from the same
+    # model keys: `policy_class(model target) -> (class, extra kwargs)`.
+    policy_class = getattr(get_class(cfg.algorithm._target_), "policy_class", None)
+    if policy_class is not None:
+        model_cls, extra = policy_class(cfg.model._target_)
+        sizes.update(extra, _target_=f"{model_cls.__module__}.{model_cls.__qualname__}")
+    if "num_tasks" in inspect.signature(model_cls).parameters:
         sizes["num_tasks"] = len(info.train_classes)
     policy = instantiate(cfg.model, **sizes)
     return instantiate(cfg.algorithm, policy=policy)

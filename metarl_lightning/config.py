@@ -96,6 +96,33 @@ class RL2PPOConfig(PPOConfig):
 
 
 @dataclass
+class MTSACConfig:
+    """algorithm=mt_sac; defaults and their sources in conf/algorithm/mt_sac.yaml, value checks
+    in algorithms/mt_sac.py (check_keys)."""
+
+    _target_: str = "metarl_lightning.algorithms.MTSAC"
+    optimizer: Any = MISSING
+    scheduler: Any = None
+    episodes_per_task: int = 1  # read by train.py for the DataModule; unused off-policy
+    steps_per_iteration: int = 500
+    actor_lr: float | None = None
+    critic_lr: float | None = None
+    alpha_lr: float | None = None
+    batch_size_per_task: int = 128
+    utd: float = 1.0
+    warmup_steps: int = 4000
+    buffer_capacity: int = 1_000_000
+    checkpoint_buffer: bool = False
+    gamma: float = 0.99
+    tau: float = 0.005
+    initial_alpha: float = 1.0
+    reward_scale: float = 1.0
+    q_target_clip: float | None = 5000.0
+    task_weights: bool = True
+    max_nonfinite_steps: int = 5
+
+
+@dataclass
 class TrainerConfig:
     """Typed subset of lightning.Trainer's arguments; other Trainer kwargs can be added with +."""
 
@@ -159,6 +186,7 @@ class TrainConfig:
     task_name: str = "train"
     seed: int = 1
     ckpt_path: str | None = None
+    max_env_steps: float | None = None  # stop once train/env_steps reaches it (any method); 2e7 ok
     tags: list[str] = field(default_factory=list)
     optimized_metric: str | None = "train/success_post"  # main() returns it to a sweeper
     select_on_test_split: bool = False  # a sweep may optimize val/* (held-out) only when true
@@ -195,6 +223,7 @@ def register_configs() -> None:
     cs.store(group="algorithm", name="maml_ppo_schema", node=MAMLPPOConfig)
     cs.store(group="algorithm", name="mt_ppo_schema", node=MTPPOConfig)
     cs.store(group="algorithm", name="rl2_ppo_schema", node=RL2PPOConfig)
+    cs.store(group="algorithm", name="mt_sac_schema", node=MTSACConfig)
     cs.store(group="trainer", name="trainer_schema", node=TrainerConfig)
 
 
@@ -204,6 +233,8 @@ register_configs()
 def validate(cfg: Any) -> None:
     """Checks Hydra cannot do by type alone. Raises ConfigError with a message naming the fix."""
     import os
+
+    from hydra.utils import get_class
 
     from metarl_lightning import envs
     from metarl_lightning.types import ConfigError
@@ -215,6 +246,12 @@ def validate(cfg: Any) -> None:
     if world is not None:  # otherwise checked when the ranks exist (DataModule.setup)
         envs.check_world_size(info, b.meta_batch_size, world)
     check_method(cfg, info)
+    own_check = getattr(get_class(cfg.algorithm._target_), "check_config", None)
+    if own_check is not None:  # a method's own keys (e.g. MTSAC.check_config)
+        own_check(cfg.algorithm)
+    max_env_steps = cfg.get("max_env_steps")
+    if max_env_steps is not None and max_env_steps <= 0:
+        raise ConfigError(f"max_env_steps must be > 0 or null, got {max_env_steps}")
     positive = {
         "benchmark.max_episode_steps": b.max_episode_steps,
         "trainer.max_steps": cfg.trainer.max_steps,

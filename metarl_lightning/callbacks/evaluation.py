@@ -25,7 +25,8 @@ class MetaEvalCallback(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs,
                            batch, batch_idx: int) -> None:
         step = trainer.global_step
-        last = trainer.max_steps > 0 and step >= trainer.max_steps
+        # the last step: max_steps reached, or stopped by the env-step budget (EnvStepBudget)
+        last = (trainer.max_steps > 0 and step >= trainer.max_steps) or trainer.should_stop
         if step % self.every_n_steps and not (self.at_end and last):
             return
         # DDP: rank 0 evaluates (the parameters are the same on every rank) while the others

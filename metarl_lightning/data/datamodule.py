@@ -121,6 +121,9 @@ class MetaWorldDataModule(L.LightningDataModule):
         # Own generator: building the loader's iterator draws a base seed, which must not consume
         # the global torch RNG (restored from checkpoints for exact resume).
         stream = MetaBatchStream(lambda: self.collector, learner, self.restart_envs)
+        if getattr(learner, "off_policy", False):  # SAC: env steps into a replay buffer
+            from metarl_lightning.data.offpolicy import OffPolicyStream
+            stream = OffPolicyStream(lambda: self.envs, learner, self.restart_envs)
         return DataLoader(stream, batch_size=None, num_workers=0,
                           generator=torch.Generator().manual_seed(self.seed))
 

@@ -1,0 +1,271 @@
+"""Multi-task SAC: one SAC agent (Haarnoja et al. 2018, automatic temperature) on every task of an
+MT benchmark, conditioned on the one-hot task id, with one learnable temperature per task
+(Yu et al. 2019, Meta-World's MT-SAC). With `model=multihead_mlp` the actor and both critics get
+one output head per task: MTMHSAC, Meta-World+'s reference MT baseline (McLean et al. 2025,
+rainx0r/metaworld-algorithms, whose MTSACConfig/OffPolicyTrainingConfig give the defaults below).
+
+Data: data/offpolicy.py steps the envs with `explore`, fills this module's replay buffer and
+yields a task-balanced batch per gradient step. One Lightning step (an "iteration", what
+trainer.max_steps and the callbacks' intervals count) is `steps_per_iteration` gradient steps,
+by default 500: one episode per task slot at utd=1, as one MT-PPO iteration; budgets are best
+set in env steps (`max_env_steps`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from metarl_lightning.algorithms import sac_functional as F
+from metarl_lightning.algorithms.base import MetaRLModule
+from metarl_lightning.data.collector import single_threaded_torch
+from metarl_lightning.data.offpolicy import ReplayBatch, TaskReplayBuffer
+from metarl_lightning.errors import ConfigError
+from metarl_lightning.policies.distributions import sample_tanh_gaussian, squash
+from metarl_lightning.policies.sac import SACActorCritic
+from metarl_lightning.types import Params, State
+
+
+class MTSAC(MetaRLModule):
+    name = "mt_sac"
+    benchmark_kinds = ("mt",)
+    needs_one_hot = True
+    off_policy = True  # the DataModule streams replay batches (data/offpolicy.py)
+
+    @staticmethod
+    def check_config(algorithm_cfg: Any) -> None:
+        """Called by config.validate before anything is built."""
+        check_keys(algorithm_cfg)
+
+    @staticmethod
+    def policy_class(model_target: str) -> tuple[type, dict]:
+        """SAC's networks for a `model=` choice: (class, extra kwargs). See build.build_module."""
+        if model_target.endswith("MultiHeadActorCritic"):
+            return SACActorCritic, {"multi_head": True}
+        if model_target.endswith(".ActorCritic"):
+            return SACActorCritic, {"multi_head": False}
+        raise ConfigError(f"algorithm=mt_sac builds its networks from model=mlp, seed_mlp or "
+                          f"multihead_mlp, not {model_target}; use model=multihead_mlp (MTMHSAC)")
+
+    def __init__(
+        self,
+        policy: nn.Module,  # SACActorCritic: .actor (tanh-Gaussian), .critic (twin Q)
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Any = None,  # not supported: SAC runs at constant learning rates
+        episodes_per_task: int = 1,  # train.py passes it to the DataModule; unused off-policy
+        steps_per_iteration: int = 500,
+        actor_lr: float | None = None,  # None: optimizer.lr
+        critic_lr: float | None = None,
+        alpha_lr: float | None = None,
+        batch_size_per_task: int = 128,
+        utd: float = 1.0,
+        warmup_steps: int = 4000,
+        buffer_capacity: int = 1_000_000,
+        checkpoint_buffer: bool = False,
+        gamma: float = 0.99,
+        tau: float = 0.005,
+        initial_alpha: float = 1.0,
+        reward_scale: float = 1.0,
+        q_target_clip: float | None = 5000.0,
+        task_weights: bool = True,
+        max_nonfinite_steps: int = 5,
+    ):
+        super().__init__(optimizer, None)
+        self.save_hyperparameters(ignore=["policy", "optimizer"])
+        check_keys(self.hparams)
+        self.policy = policy
+        self.target_critic = copy.deepcopy(policy.critic).requires_grad_(False)
+        k = policy.num_tasks
+        self.log_alpha = nn.Parameter(torch.full((k,), float(initial_alpha)).log())  # per task
+        self.target_entropy = -float(policy.action_dim)  # -|A| (Haarnoja et al. 2018b, sec. 5)
+        # Saved in checkpoints (on_save_checkpoint); the stream advances them.
+        self.vector_steps, self.update_debt = 0, 0.0
+        self.learning_starts = warmup_steps  # vector steps before the first update
+        self.replay: TaskReplayBuffer | None = None
+        self._pending_replay: dict | None = None
+
+    # --- data path: called by data/offpolicy.py -----------------------------------------------
+    def replay_buffer(self, num_slots: int, obs_dim: int) -> TaskReplayBuffer:
+        if self.replay is None:
+            capacity = max(1, self.hparams.buffer_capacity // num_slots)  # per slot
+            self.replay = TaskReplayBuffer(num_slots, capacity, obs_dim, self.policy.action_dim)
+            if self._pending_replay is not None:  # restored from a checkpoint
+                self.replay.load_state_dict(self._pending_replay)
+                self._pending_replay = None
+        return self.replay
+
+    def batch_per_slot(self, num_slots: int) -> int:
+        """Transitions drawn from each task slot: batch_size_per_task per task class (slots of one
+        class share its batch)."""
+        return max(1, self.hparams.batch_size_per_task * self.policy.num_tasks // num_slots)
+
+    @torch.no_grad()
+    def explore(self, obs: torch.Tensor) -> torch.Tensor:
+        """(S, obs) -> (S, act): uniform in the action box during the warm-up, else a sample."""
+        actor = self.policy.actor
+        if self.vector_steps < self.hparams.warmup_steps:
+            u = torch.rand(obs.shape[0], self.policy.action_dim) * 2 - 1  # CPU RNG (resumable)
+            return actor.action_bias.cpu() + actor.action_scale.cpu() * u
+        return self.act({}, obs[:, None])[0][:, 0].cpu()
+
+    # --- MetaLearner protocol: one shared policy, no state, no adaptation ---------------------
+    @torch.no_grad()
+    def act(self, params: Params, obs: torch.Tensor, state: State = None):
+        actor = self.policy.actor
+        mean, log_std = actor(obs.to(self.device))  # (T, B, act)
+        return (*sample_tanh_gaussian(mean, log_std, actor.action_scale, actor.action_bias),
+                state)
+
+    @torch.no_grad()
+    def mean_action(self, params: Params, obs: torch.Tensor, state: State = None):
+        actor = self.policy.actor
+        mean, _ = actor(obs.to(self.device))
+        return squash(mean, actor.action_scale, actor.action_bias), state
+
+    def process_rollout(self, rollout):
+        return rollout  # never called with an inner loop off; nothing to fill
+
+    # --- training -------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        hp, lr = self.hparams, self.optimizer_factory.keywords.get("lr")
+        return [self.optimizer_factory(self.policy.actor.parameters(), lr=hp.actor_lr or lr),
+                self.optimizer_factory(self.policy.critic.parameters(), lr=hp.critic_lr or lr),
+                self.optimizer_factory([self.log_alpha], lr=hp.alpha_lr or lr)]
+
+    def training_step(self, dataloader_iter: Iterator) -> None:
+        """One iteration: `steps_per_iteration` times (step the envs, one gradient step). Each
+        batch is pulled right before its update, so the envs always act with current weights."""
+        env_steps, update_time, metrics, stats = 0.0, 0.0, {}, {}
+        n = self.hparams.steps_per_iteration
+        for i in range(n):
+            batch, _, _ = next(dataloader_iter)
+            batch = self.trainer.strategy.batch_to_device(batch)
+            start = time.perf_counter()
+            with single_threaded_torch() if self.device.type == "cpu" else contextlib.nullcontext():
+                metrics = self._sac_update(batch, last=i == n - 1) or metrics
+            update_time += time.perf_counter() - start
+            env_steps, stats = env_steps + batch.stats["env_steps"], batch.stats
+        self._log_step({**stats, "env_steps": env_steps}, metrics, update_time)
+
+    def _sac_update(self, batch: ReplayBatch, last: bool) -> dict[str, torch.Tensor]:
+        hp = self.hparams
+        actor_opt, critic_opt, alpha_opt = self.optimizers()
+        obs, next_obs = batch.obs.flatten(0, 1), batch.next_obs.flatten(0, 1)  # (N, obs)
+        actions = batch.actions.flatten(0, 1)
+        rewards, terminated = batch.rewards.flatten() * hp.reward_scale, batch.terminated.flatten()
+        task = obs[:, -self.policy.num_tasks:].argmax(-1)  # (N,) from the one-hot id
+        alpha = self.log_alpha.detach().exp()[task]  # (N,) each sample's task temperature
+        weights = (F.task_weights(self.log_alpha, task) if hp.task_weights
+                   else torch.ones_like(alpha))
+
+        # Critic: regress both Q's on the soft Bellman target (eqs. 5-6 of Haarnoja et al. 2018b).
+        with torch.no_grad():
+            next_action, next_log_prob = self.policy.actor.rsample(next_obs)
+            target = F.soft_q_target(rewards, self.target_critic(next_obs, next_action),
+                                     next_log_prob, alpha, terminated, hp.gamma, hp.q_target_clip)
+        q = self.policy.critic(obs, actions)  # (2, N)
+        critic_loss = (weights * (q - target).pow(2)).mean(1).sum() * 0.5  # SB3's 0.5 * sum MSE
+        if not self._step(critic_opt, critic_loss, last=False):
+            return {}
+        F.polyak_update(list(self.target_critic.parameters()),
+                        list(self.policy.critic.parameters()), hp.tau)
+
+        # Actor: minimise alpha log pi - min Q over reparameterised actions (eq. 7).
+        action, log_prob = self.policy.actor.rsample(obs)
+        q_pi = self.policy.critic(obs, action).min(0).values
+        actor_loss = (weights * (alpha * log_prob - q_pi)).mean()
+        if not self._step(actor_opt, actor_loss, last=False):
+            return {}
+
+        # Temperatures: each task's alpha toward entropy -|A| (eq. 18).
+        alpha_loss = F.temperature_loss(self.log_alpha, task, log_prob, self.target_entropy)
+        self._step(alpha_opt, alpha_loss, last=last)
+        per_task = self.log_alpha.detach().exp()
+        return {"critic_loss": critic_loss.detach(), "actor_loss": actor_loss.detach(),
+                "alpha_loss": alpha_loss.detach(), "q_mean": q.detach().mean(),
+                "entropy": -log_prob.detach().mean(), "alpha_mean": per_task.mean(),
+                "alpha_min": per_task.min(), "alpha_max": per_task.max()}
+
+    def _step(self, opt: Any, loss: torch.Tensor, last: bool) -> bool:
+        """Backward and step one optimiser (no gradient clipping: metaworld-algorithms' SAC has
+        max_grad_norm=None); a non-finite loss skips the rest of the update. Lightning counts a
+        LightningOptimizer.step() as a global step, so only the iteration's last step goes through
+        it: trainer.global_step counts iterations."""
+        opt.zero_grad()
+        if not torch.isfinite(loss):
+            self._skip_nonfinite(loss, loss)
+            return False
+        self.manual_backward(loss)
+        (opt.step if last else opt.optimizer.step)()
+        self._nonfinite_in_a_row = 0
+        return True
+
+    def _log_step(self, stats: dict[str, float], metrics: dict[str, Any],
+                  update_time: float) -> None:
+        now = time.perf_counter()
+        steps = stats["env_steps"] * self.trainer.world_size
+        self.env_steps += int(steps)
+        iter_time = (now - self._last_step_end if self._last_step_end is not None
+                     else stats["collect_time"] + update_time)
+        self._last_step_end = now
+        log = {f"train/{k}": float(v) for k, v in metrics.items()}
+        # success_post/return_post: the keys best_checkpoint and the other methods' curves use
+        grad_steps = self.hparams.steps_per_iteration
+        log.update({"train/env_steps": float(self.env_steps),
+                    "train/return_post": stats["return"], "train/success_post": stats["success"],
+                    "train/buffer_size": float(self.replay.size if self.replay else 0),
+                    "perf/update_share": update_time / max(iter_time, 1e-9),
+                    "perf/gradient_steps_per_s": grad_steps / max(iter_time, 1e-9)})
+        self.log_dict(log, on_step=True, batch_size=1)
+        self.log("perf/env_steps_per_s", steps / max(iter_time, 1e-9), prog_bar=True,
+                 batch_size=1)
+        self.log("success", stats["success"], prog_bar=True, logger=False, batch_size=1)
+
+    # --- checkpoint: counters always, the buffer behind algorithm.checkpoint_buffer -----------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["offpolicy"] = {"vector_steps": self.vector_steps,
+                                   "update_debt": self.update_debt}
+        if self.hparams.checkpoint_buffer and self.replay is not None:
+            checkpoint["offpolicy"]["replay"] = self.replay.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        state = checkpoint.get("offpolicy", {})
+        self.vector_steps = int(state.get("vector_steps", 0))
+        self.update_debt = float(state.get("update_debt", 0.0))
+        if "replay" in state:
+            self._pending_replay, self.replay = state["replay"], None
+        else:
+            # Without the buffer it refills from empty: updates wait `warmup_steps` vector steps
+            # again, collected by the current actor (explore samples uniformly only in the run's
+            # first warmup_steps). The run then differs from an uninterrupted one.
+            self.replay = None
+            self.learning_starts = self.vector_steps + self.hparams.warmup_steps
+
+
+def check_keys(hp: Any) -> None:
+    """mt_sac's own keys (config.validate checks only the shared ones), via MTSAC.check_config
+    and again in __init__."""
+    if hp.get("scheduler") is not None:
+        raise ConfigError("algorithm=mt_sac runs at constant learning rates; set "
+                          "algorithm.scheduler=null")
+    positive = ("steps_per_iteration", "batch_size_per_task", "utd", "buffer_capacity", "tau",
+                "gamma", "initial_alpha", "reward_scale")
+    for key in positive:
+        if not hp[key] > 0:
+            raise ConfigError(f"algorithm.{key} must be > 0, got {hp[key]}; set e.g. "
+                              f"algorithm.{key}=<positive value>")
+    if hp.tau > 1 or hp.gamma > 1:
+        raise ConfigError(f"algorithm.tau and algorithm.gamma must be <= 1, got tau={hp.tau}, "
+                          f"gamma={hp.gamma}")
+    if hp.warmup_steps < 0:
+        raise ConfigError(f"algorithm.warmup_steps must be >= 0, got {hp.warmup_steps}")
+    if hp.q_target_clip is not None and hp.q_target_clip <= 0:
+        raise ConfigError(f"algorithm.q_target_clip must be > 0 or null, got {hp.q_target_clip}")

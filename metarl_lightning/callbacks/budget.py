@@ -1,0 +1,20 @@
+"""Budgets in env steps: stop a run once `train/env_steps` reaches `max_env_steps`."""
+
+from __future__ import annotations
+
+import lightning as L
+
+
+class EnvStepBudget(L.Callback):
+    """Sets `trainer.should_stop` after the training step (a meta-iteration, or one SAC gradient
+    step) at which the module's env-step count reaches the budget; Lightning then ends the fit
+    as at max_steps (checkpoint callbacks and meta_eval's at_end run as usual). Added by train.py
+    when the top-level `max_env_steps` is set, which also lifts trainer.max_steps."""
+
+    def __init__(self, max_env_steps: int):
+        self.max_env_steps = max_env_steps
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs,
+                           batch, batch_idx: int) -> None:
+        if getattr(pl_module, "env_steps", 0) >= self.max_env_steps:
+            trainer.should_stop = True

@@ -1,0 +1,242 @@
+"""MT-SAC: the soft Bellman target, per-task temperatures, Polyak targets, the replay buffer and
+off-policy stream, a short run through train.py, resume, evaluation, and the env-step budget."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import pytest
+import torch
+
+from metarl_lightning import config as schema
+from metarl_lightning import envs as mw
+from metarl_lightning.algorithms import MTSAC
+from metarl_lightning.algorithms import sac_functional as F
+from metarl_lightning.checkpoints import load_run, read_checkpoint
+from metarl_lightning.data.offpolicy import OffPolicyStream, TaskReplayBuffer
+from metarl_lightning.evaluation import Evaluator
+from metarl_lightning.types import ConfigError
+from tests.conftest import TINY, compose_cfg
+from tests.test_evaluation import _train_rows
+from train import train
+
+SAC = [o for o in TINY if not o.startswith("algorithm.")] + [
+    "algorithm=mt_sac", "benchmark=mt1", "algorithm.steps_per_iteration=3",
+    "algorithm.warmup_steps=4", "algorithm.batch_size_per_task=8", "algorithm.buffer_capacity=1000"]
+
+
+def test_soft_q_target_against_a_hand_computation():
+    rewards = torch.tensor([1.0, 2.0, 0.5])
+    next_q = torch.tensor([[3.0, 4.0, 10.0], [5.0, 1.0, 8.0]])  # (2 critics, N): min 3, 1, 8
+    log_prob = torch.tensor([0.5, -1.0, 2.0])
+    alpha = torch.tensor([0.2, 0.1, 0.2])  # per sample: its task's temperature
+    # sample 0: truncated at the time limit (done, not terminated): bootstraps
+    # sample 1: truly terminated: no bootstrap; sample 2: mid-episode
+    terminated = torch.tensor([0.0, 1.0, 0.0])
+    y = F.soft_q_target(rewards, next_q, log_prob, alpha, terminated, gamma=0.9)
+    expected = torch.tensor([1 + 0.9 * (3 - 0.2 * 0.5), 2.0, 0.5 + 0.9 * (8 - 0.2 * 2.0)])
+    torch.testing.assert_close(y, expected)  # 3.61, 2.0, 7.34
+    clipped = F.soft_q_target(rewards, next_q, log_prob, alpha, terminated, 0.9, clip=3.0)
+    torch.testing.assert_close(clipped, torch.tensor([3.0, 2.0, 3.0]))
+
+
+def test_each_task_temperature_moves_toward_its_target_entropy():
+    target_entropy = -4.0
+    log_alpha = torch.nn.Parameter(torch.zeros(3))
+    opt = torch.optim.Adam([log_alpha], lr=0.05)
+    task = torch.tensor([0, 0, 1, 1])  # task 2 has no samples
+    # task 0: entropy -log pi = -5 < -4 (too deterministic) -> alpha up;
+    # task 1: entropy 10 > -4 (too random) -> alpha down
+    log_prob = torch.tensor([5.0, 5.0, -10.0, -10.0])
+    for _ in range(20):
+        opt.zero_grad()
+        F.temperature_loss(log_alpha, task, log_prob, target_entropy).backward()
+        opt.step()
+    assert log_alpha[0] > 0.5 and log_alpha[1] < -0.5 and log_alpha[2] == 0
+
+
+def test_task_weights_favour_low_temperatures_and_average_one():
+    log_alpha = torch.tensor([0.0, -1.0])
+    w = F.task_weights(log_alpha, torch.tensor([0, 1]))
+    torch.testing.assert_close(w.mean(), torch.tensor(1.0))
+    assert w[1] > w[0]
+
+
+def test_polyak_update_interpolates_in_place():
+    target, source = [torch.zeros(3), torch.full((2,), 4.0)], [torch.ones(3), torch.zeros(2)]
+    F.polyak_update(target, source, 0.1)
+    F.polyak_update(target, source, 0.1)
+    torch.testing.assert_close(target[0], torch.full((3,), 0.19))  # 1 - 0.9^2
+    torch.testing.assert_close(target[1], torch.full((2,), 4.0 * 0.81))
+
+
+def _fill(buf: TaskReplayBuffer, steps: int, start: int = 0) -> None:
+    for t in range(start, start + steps):  # slot s, step t: obs = 1000 * (s + 1) + t
+        value = torch.arange(1, buf.num_slots + 1, dtype=torch.float32) * 1000 + t
+        buf.add(obs=value[:, None].expand(-1, 2), actions=torch.zeros(buf.num_slots, 1),
+                rewards=value, next_obs=value[:, None].expand(-1, 2),
+                terminated=torch.zeros(buf.num_slots))
+
+
+def test_replay_sampling_is_task_balanced_and_reads_only_written_rows():
+    buf = TaskReplayBuffer(num_slots=3, capacity=50, obs_dim=2, act_dim=1)
+    _fill(buf, 7)
+    torch.manual_seed(0)
+    batch = buf.sample(per_slot=40)
+    assert batch["obs"].shape == (3, 40, 2) and batch["rewards"].shape == (3, 40)
+    slot = (batch["rewards"] // 1000).long()  # every draw of row s comes from slot s
+    assert torch.equal(slot, torch.arange(1, 4)[:, None].expand(3, 40))
+    steps = batch["rewards"] % 1000
+    assert steps.min() >= 0 and steps.max() <= 6  # never an unwritten (zero) row
+    assert len(steps[0].unique()) > 3  # and not a constant row
+
+
+def test_replay_ring_overwrites_the_oldest_and_round_trips_its_state():
+    buf = TaskReplayBuffer(num_slots=2, capacity=5, obs_dim=2, act_dim=1)
+    _fill(buf, 7)
+    assert (buf.size, buf.pos) == (5, 2)
+    assert sorted((buf.data["rewards"][0] % 1000).tolist()) == [2, 3, 4, 5, 6]
+    copy = TaskReplayBuffer(num_slots=2, capacity=5, obs_dim=2, act_dim=1)
+    copy.load_state_dict(buf.state_dict())
+    _fill(buf, 1, start=7)
+    _fill(copy, 1, start=7)
+    for k in buf.data:
+        assert torch.equal(buf.data[k], copy.data[k])
+
+
+class _Learner:
+    """What OffPolicyStream needs from the module, with uniform actions."""
+
+    def __init__(self, warmup=3, utd=1.0):
+        self.hparams = type("H", (), {"utd": utd})()
+        self.learning_starts, self.vector_steps, self.update_debt = warmup, 0, 0.0
+        self.replay = None
+
+    def replay_buffer(self, num_slots, obs_dim):
+        self.replay = self.replay or TaskReplayBuffer(num_slots, 100, obs_dim, 4)
+        return self.replay
+
+    def batch_per_slot(self, num_slots):
+        return 2
+
+    def explore(self, obs):
+        return torch.rand(obs.shape[0], 4) * 2 - 1
+
+
+def test_stream_stores_the_true_final_obs_at_truncation_and_never_terminates():
+    H = 5
+    info = mw.describe("MT10", None, use_one_hot=True)
+    fns = mw.make_env_fns(info, split="train", meta_batch_size=10, benchmark_seed=1,
+                          env_seed=1, max_episode_steps=H)[:2]
+    envs = gym.vector.SyncVectorEnv(fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    learner = _Learner(warmup=2 * H + 1)
+    try:
+        it = iter(OffPolicyStream(lambda: envs, learner, lambda: False))
+        batch = next(it)  # after the warm-up: 2 episodes + 1 step stored
+    finally:
+        envs.close()
+    buf = learner.replay
+    assert buf.size == 2 * H + 2 and batch.obs.shape == (2, 2, info.obs_dim)
+    assert batch.stats["env_steps"] == 2 * (2 * H + 2)
+    d = buf.data
+    assert d["terminated"][:, :buf.size].sum() == 0  # the time limit is not termination
+    mid = slice(0, H - 1)  # inside an episode, next_obs is the next step's obs
+    torch.testing.assert_close(d["next_obs"][:, mid], d["obs"][:, 1:H])
+    # at the truncation, next_obs is the final obs, not the next episode's reset obs
+    final, reset = d["next_obs"][:, H - 1], d["obs"][:, H]
+    assert (final[:, :39] - reset[:, :39]).abs().sum(-1).min() > 1e-3
+    # task ids: slot k is class k (one-hot at the end of the obs), kept in its own ring
+    assert torch.equal(d["obs"][:, :buf.size, -10:].argmax(-1),
+                       torch.arange(2)[:, None].expand(2, buf.size))
+
+
+def _cfg(tmp_path, *extra):
+    return compose_cfg(SAC + list(extra), tmp_path)
+
+
+@pytest.mark.parametrize("model", ["mlp", "multihead_mlp"])
+def test_mt_sac_trains_one_iteration_and_evaluates_under_the_mt_protocol(model, tmp_path):
+    cfg = _cfg(tmp_path, f"model={model}", "trainer.max_steps=1")
+    metrics, objs = train(cfg)
+    module = objs["module"]
+    # 4 warm-up vector steps, then 3 (env step + gradient step); 2 task slots of MT1
+    assert module.vector_steps == 7 and module.env_steps == 2 * 7
+    assert objs["trainer"].global_step == 1
+    for key in ("train/critic_loss", "train/actor_loss", "train/alpha_loss", "train/q_mean",
+                "train/entropy", "train/env_steps", "perf/gradient_steps_per_s"):
+        assert torch.isfinite(torch.tensor(metrics[key])), key
+    assert module.log_alpha.detach().ne(0).all()  # the temperature was stepped
+    critic, target = module.policy.critic, module.target_critic
+    for p, q in zip(critic.parameters(), target.parameters()):  # target trails the critic
+        assert not torch.equal(p, q)
+    if model == "multihead_mlp":
+        assert module.policy.actor.net.heads.weight.shape[0] == 1  # MT1: one head
+    loaded, _, _ = load_run(str(tmp_path / "checkpoints" / "last.ckpt"))  # evaluate.py's path
+    assert isinstance(loaded, MTSAC)
+    evaluator = Evaluator("MT1", "reach-v3", True, "test", seed=3, max_episode_steps=10,
+                          mt_episodes=2, vector_strategy="sync")
+    try:
+        result = evaluator.run(loaded)
+    finally:
+        evaluator.close()
+    assert result.split == "train" and 0.0 <= result.success_rate <= 1.0
+
+
+def test_resume_with_the_buffer_continues_without_a_new_warm_up(tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    args = ["algorithm.checkpoint_buffer=true"]
+    train(_cfg(first, *args, "trainer.max_steps=1"))
+    ckpt = first / "checkpoints" / "last.ckpt"
+    saved = read_checkpoint(str(ckpt))["offpolicy"]
+    assert saved["vector_steps"] == 7 and saved["replay"]["size"] == 7
+    _, objs = train(_cfg(second, *args, "trainer.max_steps=2", f"ckpt_path={ckpt}"))
+    module = objs["module"]
+    assert module.vector_steps == 10 and module.env_steps == 2 * 10  # 3 more steps, no warm-up
+    assert module.replay.size == 10
+    # the restored rows are the saved ones
+    torch.testing.assert_close(module.replay.data["obs"][:, :7], saved["replay"]["obs"])
+    rows = _train_rows(second / "csv" / "metrics.csv")
+    assert [float(r["train/env_steps"]) for r in rows] == [20.0]  # one more iteration logged
+
+
+def test_resume_without_the_buffer_refills_it_before_updating(tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    train(_cfg(first, "trainer.max_steps=1"))
+    ckpt = first / "checkpoints" / "last.ckpt"
+    assert "replay" not in read_checkpoint(str(ckpt))["offpolicy"]
+    _, objs = train(_cfg(second, "trainer.max_steps=2", f"ckpt_path={ckpt}"))
+    module = objs["module"]
+    # a new warm-up of 4 vector steps, then 3 updates: the buffer holds only those 7 steps
+    assert module.vector_steps == 7 + 7 and module.replay.size == 7
+
+
+def test_max_env_steps_stops_any_method_at_its_budget(tmp_path):
+    # MT-PPO on MT1: 2 slots x 1 episode x 10 steps = 20 env steps per iteration
+    ppo = [o for o in TINY if not o.startswith("algorithm.")] + [
+        "algorithm=mt_ppo", "benchmark=mt1", "algorithm.update_epochs=1"]
+    _, objs = train(compose_cfg(ppo + ["trainer.max_steps=2", "max_env_steps=50"], tmp_path))
+    assert objs["trainer"].global_step == 3 and objs["module"].env_steps == 60  # past max_steps
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    # MT-SAC: 14 env steps in the first iteration (warm-up), 6 per iteration after
+    _, objs = train(_cfg(tmp_path / "sac", "trainer.max_steps=1", "max_env_steps=20"))
+    assert objs["trainer"].global_step == 2 and objs["module"].env_steps == 20
+
+
+@pytest.mark.parametrize("args,message", [
+    (["max_env_steps=0"], "max_env_steps must be > 0 or null"),
+    (["algorithm.tau=0"], "algorithm.tau must be > 0"),
+    (["algorithm.utd=0"], "algorithm.utd must be > 0"),
+    (["algorithm.scheduler={_target_:torch.optim.lr_scheduler.ConstantLR,_partial_:true}"],
+     "set algorithm.scheduler=null"),
+    (["model=gru"], "model=gru is a recurrent policy"),
+])
+def test_bad_mt_sac_settings_are_config_errors(args, message, tmp_path):
+    with pytest.raises(ConfigError, match=message):  # before anything is built
+        schema.validate(_cfg(tmp_path, *args))
+
+
+@pytest.mark.parametrize("name", ["mt10_mtmhsac", "mt50_mtmhsac", "mt10_mtmhsac_cpu"])
+def test_mt_sac_experiment_files_compose_and_validate(name, tmp_path):
+    cfg = compose_cfg([f"experiment={name}"], tmp_path)
+    schema.validate(cfg)
+    assert cfg.algorithm._target_.endswith("MTSAC") and cfg.max_env_steps > 0
+    assert cfg.model._target_.endswith("MultiHeadActorCritic")
