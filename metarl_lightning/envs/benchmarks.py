@@ -16,6 +16,7 @@ import metaworld
 import metaworld.env_dict as env_dict
 from metaworld import _init_each_env  # the per-env builder behind make_ml_envs/make_mt_envs
 
+from metarl_lightning.envs.fast import fast_class
 from metarl_lightning.errors import ConfigError
 
 N_GOALS = 50  # Meta-World generates 50 goals per class (metaworld._N_GOALS)
@@ -114,11 +115,13 @@ def make_env_fns(
     terminate_on_success: bool = False,
     task_select: Literal["random", "pseudorandom"] = "pseudorandom",
     reward_function_version: str = "v2",
+    fast_step: bool = True,
 ) -> list[functools.partial]:
     """One picklable thunk per task slot, in class order (slot i belongs to class i // k).
 
     Mirrors `metaworld._make_ml_envs_inner` (the same goal split) but for MT benchmarks too,
-    and does not build the envs, so the caller picks the vector strategy.
+    and does not build the envs, so the caller picks the vector strategy. `fast_step` swaps each
+    class for its bit-exact fast twin (`envs/fast.py`).
     """
     check_meta_batch_size(info, meta_batch_size, split)
     if split == "test" and info.kind == "mt":
@@ -138,7 +141,7 @@ def make_env_fns(
         for i in range(per_class):
             fns.append(functools.partial(
                 init,
-                env_cls=env_cls,
+                env_cls=fast_class(env_cls) if fast_step else env_cls,
                 tasks=tasks[i::per_class],
                 seed=env_seed,
                 max_episode_steps=max_episode_steps,

@@ -46,7 +46,8 @@ class Evaluator:
                  num_evals: int = 10, adaptation_episodes: int = 10, evaluation_episodes: int = 3,
                  mt_episodes: int = 50, deterministic: bool = True,
                  reward_function_version: str = "v2", num_workers: int | None = None,
-                 vector_strategy: str = "process", recurrent_info_in_obs: bool = False):
+                 vector_strategy: str = "process", recurrent_info_in_obs: bool = False,
+                 fast_step: bool = True):
         self.info = mw.describe(benchmark, env_name, use_one_hot, recurrent_info_in_obs)
         if self.info.kind == "mt":
             split = "train"  # MT has no test split: the protocol evaluates the training tasks
@@ -63,7 +64,7 @@ class Evaluator:
             env_seed=seed + 10_000,  # evaluation draws its own goal order and noise
             max_episode_steps=max_episode_steps, terminate_on_success=True,
             task_select="random" if self.info.kind == "mt" else "pseudorandom",
-            reward_function_version=reward_function_version,
+            reward_function_version=reward_function_version, fast_step=fast_step,
         )
         self.envs: gym.vector.VectorEnv = make_vector_env(fns, vector_strategy, num_workers)
 
