@@ -30,17 +30,21 @@ import mujoco
 import numpy as np
 from metaworld.env_dict import ALL_V3_ENVIRONMENTS
 from metaworld.sawyer_xyz_env import SawyerMocapBase, SawyerXYZEnv
+from metaworld.utils import reward_utils
 
-from metarl_lightning.envs.fast_numerics import FAST_GLOBALS, norm, uclip
+from metarl_lightning.envs.fast_numerics import FAST_GLOBALS, norm, tolerance, uclip
 
 VERIFIED_METAWORLD = "3.1.1"
 METAWORLD_VERSION = importlib.metadata.version("metaworld")
 ENABLED = METAWORLD_VERSION == VERIFIED_METAWORLD
 
 _MOCAP_QUAT = np.array([1, 0, 1, 0])  # SawyerXYZEnv.set_xyz_action's constant (int64, cast on copy)
+_F32, _F32_M1, _F32_P1 = np.dtype(np.float32), np.float32(-1), np.float32(1)
+_ZEROS3 = np.zeros(3)  # the hidden goal; concatenated (copied), never written
 _mj_step = mujoco.mj_step
 _mj_forward = mujoco.mj_forward
 _mj_rne_post = mujoco.mj_rnePostConstraint
+hamacher_product = reward_utils.hamacher_product
 
 
 # -- 1. re-binding Meta-World's own methods to fast globals ---------------------------------------
@@ -99,74 +103,158 @@ def _filled(cell: types.CellType) -> bool:
 
 
 # -- 2. hand-written fast versions of the hot base methods ------------------------------------------
+class _Cache:
+    """Per-env ids and MjData array views for `_FastSawyerMethods`."""
+
+    def __init__(self, model: mujoco.MjModel, data: mujoco.MjData):
+        self.model, self.data = model, data
+        self.xpos, self.site_xpos = data.xpos, data.site_xpos
+        self.body: dict[str, int] = {}
+        self.site: dict[str, int] = {}
+        body, site, geom = mujoco.mjtObj.mjOBJ_BODY, mujoco.mjtObj.mjOBJ_SITE, mujoco.mjtObj.mjOBJ_GEOM
+        self.hand = self.id(self.body, body, "hand")
+        self.right_claw = self.id(self.body, body, "rightclaw")
+        self.left_claw = self.id(self.body, body, "leftclaw")
+        self.right_ee = self.id(self.site, site, "rightEndEffector")
+        self.left_ee = self.id(self.site, site, "leftEndEffector")
+        self.left_pad = self.id({}, geom, "leftpad_geom")
+        self.right_pad = self.id({}, geom, "rightpad_geom")
+        self.obj_geom = mujoco.mj_name2id(model, geom, "objGeom")  # -1: the stock lookup raises
+
+    def id(self, table: dict[str, int], kind: mujoco.mjtObj, name: str) -> int:
+        """`data.body(name).id` etc., resolved once (mj_name2id), KeyError like the stock lookup."""
+        i = table.get(name)
+        if i is None:
+            i = mujoco.mj_name2id(self.model, kind, name)
+            if i < 0:
+                raise KeyError(f"Invalid name '{name}'.")
+            table[name] = i
+        return i
+
+
 class _FastSawyerMethods:
     """Exact replacements for SawyerMocapBase/SawyerXYZEnv/MujocoEnv methods (metaworld 3.1.1,
     gymnasium 1.x MujocoEnv). Each docstring names what it replaces; the arithmetic is the stock
     arithmetic, only the Python around it is shorter. Mixed into every Fast class."""
 
-    def _fast_id(self, kind: mujoco.mjtObj, name: str) -> int:
-        """Cached `mj_name2id`: what `data.body(name)` / `data.site(name)` resolve on every call."""
-        try:
-            ids = self.__dict__["_fast_ids"]
-        except KeyError:
-            ids = self.__dict__["_fast_ids"] = {}
-        key = (kind, name)
-        i = ids.get(key)
-        if i is None:
-            i = mujoco.mj_name2id(self.model, kind, name)
-            if i < 0:  # the stock accessor's KeyError
-                raise KeyError(f"Invalid name '{name}'. Valid names: see the model")
-            ids[key] = i
-        return i
+    def _fast_cache(self) -> _Cache:
+        """Ids of the names the base methods look up every step, and MjData's arrays (views
+        into buffers MuJoCo allocates once per MjData). Built on first use, dropped on pickling."""
+        c = self.__dict__.get("_fast")
+        if c is None or c.data is not self.data:
+            c = self.__dict__["_fast"] = _Cache(self.model, self.data)
+        return c
 
     def get_body_com(self, body_name: str) -> np.ndarray:
         """MujocoEnv.get_body_com: `data.body(name).xpos`, the same (3,) view into data.xpos."""
-        return self.data.xpos[self._fast_id(mujoco.mjtObj.mjOBJ_BODY, body_name)]
+        c = self._fast_cache()
+        return c.xpos[c.id(c.body, mujoco.mjtObj.mjOBJ_BODY, body_name)]
 
     def get_endeff_pos(self) -> np.ndarray:
-        return self.data.xpos[self._fast_id(mujoco.mjtObj.mjOBJ_BODY, "hand")]
+        c = self._fast_cache()
+        return c.xpos[c.hand]
 
     @property
     def tcp_center(self) -> np.ndarray:
-        sx = self.data.site_xpos
-        return (sx[self._fast_id(mujoco.mjtObj.mjOBJ_SITE, "rightEndEffector")]
-                + sx[self._fast_id(mujoco.mjtObj.mjOBJ_SITE, "leftEndEffector")]) / 2.0
+        c = self._fast_cache()
+        return (c.site_xpos[c.right_ee] + c.site_xpos[c.left_ee]) / 2.0
 
     def _get_site_pos(self, site_name: str) -> np.ndarray:
-        return self.data.site_xpos[self._fast_id(mujoco.mjtObj.mjOBJ_SITE, site_name)].copy()
+        c = self._fast_cache()
+        return c.site_xpos[c.id(c.site, mujoco.mjtObj.mjOBJ_SITE, site_name)].copy()
 
     def _set_pos_site(self, name: str, pos: np.ndarray) -> None:
         assert isinstance(pos, np.ndarray)
         assert pos.ndim == 1
-        self.data.site_xpos[self._fast_id(mujoco.mjtObj.mjOBJ_SITE, name)] = pos[:3]
+        c = self._fast_cache()
+        c.site_xpos[c.id(c.site, mujoco.mjtObj.mjOBJ_SITE, name)] = pos[:3]
 
     def _get_id_main_object(self) -> int:
-        return self._fast_id(mujoco.mjtObj.mjOBJ_GEOM, "objGeom")
+        i = self._fast_cache().obj_geom
+        return i if i >= 0 else self.data.geom("objGeom").id  # (raises, as stock)
+
+    def __getstate__(self):
+        state = SawyerXYZEnv.__getstate__(self)
+        state["state"].pop("_fast", None)  # MjData views; rebuilt after unpickling
+        return state
 
     def touching_object(self, object_geom_id: int) -> bool:
         """SawyerXYZEnv.touching_object: both pads' summed contact normal force with the object is
-        positive. The stock code walks `data.contact` twice in Python; here array masks pick the
-        same contacts, and the forces are summed by Python's `sum` in contact order, as stock."""
+        positive. The stock code builds two lists of MjContact structs per call (one Python object
+        per contact and field read); here the geom ids come out as two int lists in one call each
+        and are scanned once. Forces are added in contact order starting from int 0, as the stock
+        `sum` does. (Numpy masks over `contact.geom1/geom2` were 4x slower at the ~4-10 contacts
+        these scenes have.)"""
         data = self.data
         con = data.contact
-        g1, g2 = con.geom1, con.geom2
-        on_obj = (g1 == object_geom_id) | (g2 == object_geom_id)
-        if not on_obj.any():
-            return False  # stock: 0 < sum([]) == 0 -> False
-        left = self._fast_id(mujoco.mjtObj.mjOBJ_GEOM, "leftpad_geom")
-        right = self._fast_id(mujoco.mjtObj.mjOBJ_GEOM, "rightpad_geom")
-        efc, addr = data.efc_force, con.efc_address
-        left_force = sum(efc[a] for a in addr[on_obj & ((g1 == left) | (g2 == left))].tolist())
-        right_force = sum(efc[a] for a in addr[on_obj & ((g1 == right) | (g2 == right))].tolist())
+        c = self._fast_cache()
+        left, right = c.left_pad, c.right_pad
+        left_force = right_force = 0
+        efc = addr = None
+        for k, (a, b) in enumerate(zip(con.geom1.tolist(), con.geom2.tolist())):
+            if a == object_geom_id or b == object_geom_id:
+                if efc is None:
+                    efc, addr = data.efc_force, con.efc_address
+                if a == left or b == left:
+                    left_force = left_force + efc[addr[k]]
+                if a == right or b == right:
+                    right_force = right_force + efc[addr[k]]
         return 0 < left_force and 0 < right_force
+
+    def _gripper_caging_reward(self, action, obj_pos, obj_radius, pad_success_thresh,
+                               object_reach_radius, xz_thresh, desired_gripper_effort=1.0,
+                               high_density=False, medium_density=False) -> float:
+        """SawyerXYZEnv._gripper_caging_reward with the 2-element y arrays (hstack, abs, minus)
+        done on scalars (the same IEEE ops, elementwise) and the x-z vectors built directly; the
+        norms stay numpy dot products. Non-float64 positions take the stock code."""
+        init, tcp0 = self.obj_init_pos, self.init_tcp
+        if not (type(obj_pos) is np.ndarray and obj_pos.dtype == np.float64
+                and type(init) is np.ndarray and init.dtype == np.float64
+                and type(tcp0) is np.ndarray and tcp0.dtype == np.float64):
+            return _STOCK_CAGING(self, action, obj_pos, obj_radius, pad_success_thresh,
+                                 object_reach_radius, xz_thresh, desired_gripper_effort,
+                                 high_density, medium_density)
+        if high_density and medium_density:
+            raise ValueError("Can only be either high_density or medium_density")
+        c = self._fast_cache()
+        left_y = float(c.xpos[c.id(c.body, mujoco.mjtObj.mjOBJ_BODY, "leftpad"), 1])
+        right_y = float(c.xpos[c.id(c.body, mujoco.mjtObj.mjOBJ_BODY, "rightpad"), 1])
+        o0, o1, o2 = obj_pos.tolist()
+        i0, i1, i2 = init.tolist()
+        caging_lr = [
+            tolerance(abs(pad_y - o1), bounds=(obj_radius, pad_success_thresh),
+                      margin=abs(abs(pad_y - i1) - pad_success_thresh), sigmoid="long_tail")
+            for pad_y in (left_y, right_y)
+        ]
+        caging_y = hamacher_product(*caging_lr)
+        tcp = self.tcp_center
+        t0, _, t2 = tcp0.tolist()
+        caging_xz_margin = norm(np.array((i0 - t0, i2 - t2)))
+        caging_xz_margin -= xz_thresh
+        p0, _, p2 = tcp.tolist()
+        caging_xz = tolerance(norm(np.array((p0 - o0, p2 - o2))), bounds=(0, xz_thresh),
+                              margin=caging_xz_margin, sigmoid="long_tail")
+        gripper_closed = min(max(0, action[-1]), desired_gripper_effort) / desired_gripper_effort
+        caging = hamacher_product(caging_y, float(caging_xz))
+        gripping = gripper_closed if caging > 0.97 else 0.0
+        caging_and_gripping = hamacher_product(caging, gripping)
+        if high_density:
+            caging_and_gripping = (caging_and_gripping + caging) / 2
+        if medium_density:
+            tcp_to_obj = norm(obj_pos - tcp)
+            tcp_to_obj_init = norm(init - tcp0)
+            reach = tolerance(tcp_to_obj, bounds=(0, object_reach_radius),
+                              margin=abs(tcp_to_obj_init - object_reach_radius), sigmoid="long_tail")
+            caging_and_gripping = (caging_and_gripping + float(reach)) / 2
+        return caging_and_gripping
 
     def _get_curr_obs_combined_no_goal(self) -> np.ndarray:
         """hand xyz, gripper opening, then (pos, quat) per object padded to 14: the stock layout,
         written into one preallocated array instead of split/hstack."""
-        pos_hand = self.get_endeff_pos()
-        xpos = self.data.xpos
-        gripper = norm(xpos[self._fast_id(mujoco.mjtObj.mjOBJ_BODY, "rightclaw")]
-                       - xpos[self._fast_id(mujoco.mjtObj.mjOBJ_BODY, "leftclaw")]) / 0.1
+        c = self._fast_cache()
+        xpos = c.xpos
+        pos_hand = xpos[c.hand]
+        gripper = norm(xpos[c.right_claw] - xpos[c.left_claw]) / 0.1
         obj_pos = self._get_pos_objects()
         assert len(obj_pos) % 3 == 0
         obj_quat = self._get_quat_objects()
@@ -185,19 +273,26 @@ class _FastSawyerMethods:
     def _get_obs(self) -> np.ndarray:
         pos_goal = self._get_pos_goal()
         if self._partially_observable:
-            pos_goal = np.zeros_like(pos_goal)
+            pos_goal = (_ZEROS3 if pos_goal.shape == (3,) and pos_goal.dtype == np.float64
+                        else np.zeros_like(pos_goal))
         curr_obs = self._get_curr_obs_combined_no_goal()
         obs = np.concatenate((curr_obs, self._prev_obs, pos_goal))  # = np.hstack of 1-D arrays
         self._prev_obs = curr_obs
         return obs
 
     def set_xyz_action(self, action: np.ndarray) -> None:
-        """The stock ufuncs (clip, scale in the action's dtype, add, clip to the mocap box)."""
-        action = uclip(action, -1, 1)
+        """The stock ufuncs (clip, scale in the action's dtype, add, clip to the mocap box), minus
+        the np.clip wrapper, the int-to-float32 bound conversion and a (1, 3) reshape that only
+        broadcasts."""
+        if type(action) is np.ndarray and action.dtype is _F32:
+            action = uclip(action, _F32_M1, _F32_P1)  # = np.clip(action, -1, 1) on float32
+        else:
+            action = uclip(action, -1, 1)
         pos_delta = action * self.action_scale
         data = self.data
-        new_mocap_pos = data.mocap_pos + pos_delta[None]
-        new_mocap_pos[0, :] = uclip(new_mocap_pos[0, :], self.mocap_low, self.mocap_high)
+        new_mocap_pos = data.mocap_pos + pos_delta
+        row = new_mocap_pos[0]
+        uclip(row, self.mocap_low, self.mocap_high, out=row)
         data.mocap_pos = new_mocap_pos
         data.mocap_quat = _MOCAP_QUAT
 
@@ -238,6 +333,9 @@ def _unstable_step(env):
              "in_place_reward": 0.0, "obj_to_target": 0.0, "unscaled_reward": 0.0})
 
 
+_STOCK_CAGING = _rebind(SawyerXYZEnv._gripper_caging_reward)
+
+
 def _base_namespace() -> dict[str, Any]:
     """SawyerMocapBase + SawyerXYZEnv methods re-bound to fast globals, then the hand-written ones."""
     ns: dict[str, Any] = {}
@@ -247,7 +345,8 @@ def _base_namespace() -> dict[str, Any]:
                 new = _rebind(attr)
                 if new is not attr:
                     ns[name] = new
-    ns.update({k: v for k, v in vars(_FastSawyerMethods).items() if not k.startswith("__")})
+    ns.update({k: v for k, v in vars(_FastSawyerMethods).items()
+               if not k.startswith("__") or k == "__getstate__"})
     return ns
 
 

@@ -37,6 +37,9 @@ def norm(x, ord=None, axis=None, keepdims=False):
         if not x.flags.c_contiguous:  # ravel('K') copies a strided vector; strided ddot sums differently
             x = x.ravel(order="K")
         return _f64(math.sqrt(x.dot(x)))
+    if (type(x) is _f64 or type(x) is float) and ord is None and axis is None and not keepdims:
+        # a scalar: numpy's path makes it a 1-element vector, whose dot is the single product
+        return _f64(math.sqrt(x * x))
     return _np_norm(x, ord=ord, axis=axis, keepdims=keepdims)
 
 
