@@ -181,6 +181,26 @@ def test_fast_classes_are_module_level_and_pickle():
     env.close()
 
 
+def test_pickled_fast_env_steps_like_pickled_stock_env():
+    """SawyerXYZEnv pickles its state; the fast env's cached MjData views must not travel."""
+    cls = ALL_V3_ENVIRONMENTS["push-v3"]
+    task = Task(env_name="push-v3", data=pickle.dumps(
+        {"env_cls": cls, "rand_vec": np.array([0.0, 0.6, 0.02, 0.05, 0.85, 0.01]),
+         "partially_observable": True}))
+    copies = []
+    for c in (cls, fast.fast_class(cls)):
+        env = c()
+        env.set_task(task)
+        env.reset()
+        env.step(np.zeros(4, np.float32))
+        copies.append(pickle.loads(pickle.dumps(env)))
+        env.close()
+    assert "_fast" not in copies[1].__getstate__()["state"]
+    for a in np.random.default_rng(0).uniform(-1, 1, (20, 4)).astype(np.float32):
+        assert_same_step(copies[0].step(a), copies[1].step(a), "unpickled")
+    assert copies[1].__dict__["_fast"].data is copies[1].data
+
+
 def test_make_env_fns_swaps_classes_and_thunks_pickle():
     info = describe("ML1", "push-v3")
     kw = dict(split="train", meta_batch_size=1, benchmark_seed=1, env_seed=1)
