@@ -219,3 +219,16 @@ def test_other_metaworld_version_falls_back_with_one_warning(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert fast.fast_class(cls) is cls  # once only
+
+
+@pytest.mark.slow  # two tiny training runs (~1 min each on 2 loaded cores)
+def test_training_is_unchanged_by_fast_step(tiny_cfg):
+    """Same seed, same config: the fast and the stock envs give the same run, metric for metric
+    (all but the perf/* timings)."""
+    from train import train
+
+    runs = [train(tiny_cfg(f"benchmark.fast_step={flag}", "benchmark.env_name=push-v3"))[0]
+            for flag in ("true", "false")]
+    assert runs[0].keys() == runs[1].keys() and len(runs[0]) > 5
+    for k in runs[0]:
+        assert k.startswith("perf/") or same(float(runs[0][k]), float(runs[1][k])), k
