@@ -6,9 +6,10 @@ lookups, scipy `Rotation.from_matrix` for object quaternions, and numpy's Python
 3-vectors (`linalg.norm`, `hstack`, `clip`) and scalars (`reward_utils.tolerance`). For each stock
 class C this module defines `FastC(C)` (module-level, so env thunks pickle) that
 
-1. overrides the hot `SawyerXYZEnv` methods every env uses (`_FastSawyerMethods` below): contacts
-   filtered with array masks over `data.contact.geom1/geom2`, body/site ids cached per name, the
-   18-dim observation and `step` assembled without hstack/split/clip wrappers;
+1. overrides the hot `SawyerXYZEnv` methods every env uses (`_FastSawyerMethods` below): one scan
+   of `data.contact.geom1/geom2` as int lists instead of two lists of MjContact structs, body/site
+   ids and MjData array views cached, the 18-dim observation, `set_xyz_action`, the caging reward
+   and `step` without hstack/split/clip wrappers;
 2. runs Meta-World's *own* code for everything else (each env's `compute_reward`, `reset_model`,
    ... and the remaining base methods), re-bound to a copy of its module globals in which `np`,
    `reward_utils` and `Rotation` are the exact stand-ins of `fast_numerics`. No Meta-World code
