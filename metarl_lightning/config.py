@@ -130,11 +130,12 @@ class DataConfig:
 class EvalConfig:
     """Meta-World protocol settings (metaworld.evaluation defaults)."""
 
-    num_evals: int = 10  # ML: rounds of fresh test goals
+    num_evals: int | None = None  # ML: rounds of fresh goals; None: each protocol goal once
+    # (ML10/ML45 test: 10 rounds, ML1: 2; see evaluation/protocol.py)
     adaptation_episodes: int = 10  # ML: episodes collected before the inner update
     evaluation_episodes: int = 3  # ML: episodes scored after adaptation
     mt_episodes: int = 50  # MT: episodes per task
-    meta_batch_size: int | None = None  # eval sub-envs; None: 5 per class for ML1, else 1
+    meta_batch_size: int | None = None  # eval sub-envs; None: the protocol's 20 (ML), 1 per task (MT)
     deterministic: bool = True  # evaluate the mean action
 
 
@@ -160,7 +161,8 @@ class TrainConfig:
     seed: int = 1
     ckpt_path: str | None = None
     tags: list[str] = field(default_factory=list)
-    optimized_metric: str | None = "val/success_rate"  # main() returns it to a sweeper
+    optimized_metric: str | None = "train/success_post"  # main() returns it to a sweeper
+    select_on_test_split: bool = False  # a sweep may optimize val/* (held-out) only when true
 
 
 @dataclass
@@ -262,6 +264,11 @@ def check_multirun(cfg: Any) -> None:
     metric = cfg.optimized_metric
     if metric is not None and metric.startswith("val/"):
         meta_eval = (cfg.get("callbacks") or {}).get("meta_eval")
+        if meta_eval is not None and meta_eval.split == "test" and not cfg.select_on_test_split:
+            raise ConfigError(
+                f"optimized_metric={metric} would choose hyperparameters on the held-out test "
+                "split; optimize a training metric (e.g. optimized_metric=train/success_post, "
+                "the default), or ask for it explicitly with select_on_test_split=true")
         at_end = meta_eval is not None and (
             meta_eval.at_end or cfg.trainer.max_steps % meta_eval.every_n_steps == 0)
         if not at_end:

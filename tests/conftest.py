@@ -29,6 +29,7 @@ TINY = [
     "callbacks.meta_eval.num_evals=1",
     "callbacks.meta_eval.mt_episodes=1",
     "eval.adaptation_episodes=2",
+    "eval.meta_batch_size=1",
     "eval.evaluation_episodes=1",
     "callbacks.last_checkpoint.every_n_train_steps=1",
 ]

@@ -9,8 +9,10 @@ import lightning as L
 import pytest
 import torch
 
+from metarl_lightning import envs as mw
 from metarl_lightning.checkpoints import load_run
 from metarl_lightning.evaluation import Evaluator
+from metarl_lightning.evaluation.protocol import protocol_coverage
 from metarl_lightning.types import ConfigError
 from tests.conftest import ROOT
 from train import train
@@ -39,6 +41,7 @@ def test_evaluator_follows_the_protocol_on_tiny_splits(tiny_cfg, bench, extra):
     cfg = tiny_cfg(f"benchmark={bench}", "trainer.max_steps=1", *extra)
     _, objs = train(cfg)
     evaluator = Evaluator(bench.upper(), "reach-v3", cfg.benchmark.use_one_hot, "test", seed=3,
+                          meta_batch_size=5 if bench == "ml1" else None,
                           max_episode_steps=10, num_evals=2, adaptation_episodes=2,
                           evaluation_episodes=1, mt_episodes=2, vector_strategy="sync")
     try:
@@ -76,7 +79,7 @@ def test_evaluate_py_writes_eval_json_and_plot(tiny_cfg, tmp_path):
     ckpt = tmp_path / "checkpoints" / "last.ckpt"
     out = tmp_path / "eval"
     proc = subprocess.run(
-        [sys.executable, "evaluate.py", f"ckpt_path={ckpt}", "eval.num_evals=1",
+        [sys.executable, "evaluate.py", f"ckpt_path={ckpt}", "eval.num_evals=1", "eval.meta_batch_size=2",
          "eval.adaptation_episodes=1", "eval.evaluation_episodes=1", "vector_strategy=sync",
          f"hydra.run.dir={out}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -101,3 +104,32 @@ def test_bad_checkpoints_are_one_line_errors(tiny_cfg, tmp_path):
     with pytest.raises(ConfigError, match="does not match"):
         load_run(str(tmp_path / "checkpoints" / "last.ckpt"), {"name": "MT10", "env_name": None,
                                                                "use_one_hot": True})
+
+
+@pytest.mark.parametrize("bench,split,expected", [
+    ("ML10", "test", (20, 40, 10)),  # 4 sub-envs per test class, 10 rounds: 40 goals per class
+    ("ML45", "test", (20, 40, 10)),
+    ("ML1", "test", (20, 40, 2)),
+    ("ML10", "train", (20, 50, 25)),
+    ("ML45", "train", (45, 50, 50)),  # 20 does not split 45 classes: one sub-env per class
+    ("MT10", "train", (10, 50, 1)),
+])
+def test_protocol_coverage_defaults(bench, split, expected):
+    info = mw.describe(bench, "reach-v3" if bench.endswith("1") else None)
+    assert protocol_coverage(info, split) == expected
+
+
+def test_ml10_protocol_visits_the_first_40_goals_of_every_test_class_once():
+    """The default evaluation envs of ML10: each class's 4 sub-envs hold disjoint goal sets whose
+    union is the class's first 40 test goals, 10 each: 10 rounds visit every one once."""
+    info = mw.describe("ML10")
+    sub_envs, goals, _ = protocol_coverage(info, "test")
+    fns = mw.make_env_fns(info, split="test", meta_batch_size=sub_envs, benchmark_seed=1,
+                          env_seed=1, goals_per_class=goals)
+    bench = mw.benchmarks.benchmark("ML10", None, 1)
+    for name in info.test_classes:
+        mine = [f.keywords["tasks"] for f in fns if f.keywords["env_cls"] is bench.test_classes[name]]
+        assert len(mine) == 4 and all(len(t) == 10 for t in mine)
+        held = [t.data for tasks in mine for t in tasks]
+        first_40 = [t.data for t in bench.test_tasks if t.env_name == name][:40]
+        assert sorted(held) == sorted(first_40)

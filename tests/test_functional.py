@@ -47,14 +47,18 @@ def test_gae_batched_over_leading_dims():
                 out[i, j], F.gae(r[i, j], v[i, j], nv[i, j], term[i, j], done[i, j], 0.99, 0.95))
 
 
-def test_discounted_returns_by_hand():
-    r = torch.tensor([1.0, 1.0, 1.0, 2.0])
-    nv = torch.tensor([0.0, 0.0, 3.0, 0.0])
-    term = torch.tensor([0.0, 0.0, 0.0, 1.0])
-    done = torch.tensor([0.0, 0.0, 1.0, 1.0])
+def test_gae_lambda_one_plus_value_is_the_return_bootstrapped_only_at_truncation():
+    # V(s') = 1 at EVERY step (not only at the episode end), r = 0, gamma = 0.5, time limit at
+    # t=3: the return bootstraps once, from V(final obs): [g^4, g^3, g^2, g] * 1. A version
+    # that adds gamma * V(s') at every step would give [0.94, 0.88, 0.75, 0.5].
+    r, v, nv = torch.zeros(4), torch.ones(4), torch.ones(4)
+    done = torch.tensor([0.0, 0.0, 0.0, 1.0])
     g = 0.5
-    expected = torch.tensor([1 + g * (1 + g * (1 + g * 3)), 1 + g * (1 + g * 3), 1 + g * 3, 2.0])
-    torch.testing.assert_close(F.discounted_returns(r, nv, term, done, g), expected)
+    returns = F.gae(r, v, nv, torch.zeros(4), done, g, 1.0) + v
+    torch.testing.assert_close(returns, torch.tensor([0.0625, 0.125, 0.25, 0.5]))
+    # terminated instead of truncated: nothing to bootstrap, every return is 0
+    terminal = F.gae(r, v, nv, done, done, g, 1.0) + v
+    torch.testing.assert_close(terminal, torch.zeros(4))
 
 
 def test_ppo_clip_loss_by_hand():

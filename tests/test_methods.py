@@ -51,6 +51,7 @@ def test_method_trains_one_step_and_follows_the_protocol(method, tmp_path):
         assert torch.isfinite(torch.tensor(metrics[key])), key
     bench = cfg.benchmark
     evaluator = Evaluator(bench.name, "reach-v3", bench.use_one_hot, "test", seed=3,
+                          meta_batch_size=5 if bench.name == "ML1" else None,
                           max_episode_steps=10, num_evals=2, adaptation_episodes=2,
                           evaluation_episodes=1, mt_episodes=2, vector_strategy="sync",
                           recurrent_info_in_obs=method == "rl2_ppo")
@@ -157,7 +158,8 @@ def test_rl2_evaluation_state_spans_the_round_and_resets_at_init():
     info = mw.describe("ML1", "reach-v3", recurrent_info=True)
     module = _rl2(info.obs_dim)
     rec = Recorder(module)
-    evaluator = Evaluator("ML1", "reach-v3", False, "test", seed=3, max_episode_steps=10,
+    evaluator = Evaluator("ML1", "reach-v3", False, "test", seed=3, meta_batch_size=5,
+                          max_episode_steps=10,
                           num_evals=2, adaptation_episodes=2, evaluation_episodes=1,
                           vector_strategy="sync", recurrent_info_in_obs=True)
     try:
@@ -240,7 +242,7 @@ def test_rl2_checkpoint_resumes_exactly_and_evaluates_with_evaluate_py(tmp_path)
     assert isinstance(module, RL2PPO) and module.policy.obs_dim == 45
     out = tmp_path / "eval"
     proc = subprocess.run(
-        [sys.executable, "evaluate.py", f"ckpt_path={last}", "eval.num_evals=1",
+        [sys.executable, "evaluate.py", f"ckpt_path={last}", "eval.num_evals=1", "eval.meta_batch_size=2",
          "eval.adaptation_episodes=1", "eval.evaluation_episodes=1", "vector_strategy=sync",
          f"hydra.run.dir={out}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -67,7 +67,7 @@ def test_optuna_sweep_writes_its_optimization_result(tmp_path):
     result = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert set(result["best_params"]) == {"algorithm.inner_lr", "algorithm.optimizer.lr",
                                           "model.hidden_dim", "algorithm.clip"}
-    assert 0.0 <= result["best_value"] <= 1.0  # val/success_rate, returned by main
+    assert 0.0 <= result["best_value"] <= 1.0  # train/success_post, returned by main
     for trial in ("0", "1"):
         assert (sweep / trial / "checkpoints" / "last.ckpt").is_file()
         values = last_row(sweep / trial / "csv" / "metrics.csv", "val/success_rate")
@@ -76,6 +76,7 @@ def test_optuna_sweep_writes_its_optimization_result(tmp_path):
 
 def test_a_sweep_without_its_metric_stops_before_training(tmp_path):
     proc = run_train(["-m", "callbacks.meta_eval.at_end=false", "trainer.max_steps=3",
+                      "optimized_metric=val/success_rate", "select_on_test_split=true",
                       f"hydra.sweep.dir={tmp_path / 'multirun'}"], tmp_path)
     assert proc.returncode == 2
     assert "error: optimized_metric=val/success_rate is logged by callbacks.meta_eval" in proc.stderr
@@ -84,12 +85,16 @@ def test_a_sweep_without_its_metric_stops_before_training(tmp_path):
 
 def test_check_multirun():
     schema.check_multirun(compose_cfg(["trainer=ddp_cpu"]))  # spawned ranks: fine in a sweep
-    schema.check_multirun(compose_cfg(["callbacks.meta_eval.at_end=false",
-                                       "optimized_metric=train/success_post"]))
+    schema.check_multirun(compose_cfg(["callbacks.meta_eval.at_end=false"]))  # train/* default
+    with pytest.raises(ConfigError, match="held-out test split.*select_on_test_split=true"):
+        schema.check_multirun(compose_cfg(["optimized_metric=val/success_rate"]))
+    schema.check_multirun(compose_cfg(["optimized_metric=val/success_rate",
+                                       "select_on_test_split=true"]))  # asked for explicitly
     with pytest.raises(ConfigError, match="use trainer=ddp_spawn .* or trainer=ddp_cpu"):
         schema.check_multirun(compose_cfg(["trainer=ddp_cpu", "trainer.strategy=ddp"]))
     with pytest.raises(ConfigError, match="set callbacks.meta_eval.at_end=true"):
-        schema.check_multirun(compose_cfg(["callbacks.meta_eval.at_end=false"]))
+        schema.check_multirun(compose_cfg(["callbacks.meta_eval.at_end=false", "select_on_test_split=true",
+                                           "optimized_metric=val/success_rate"]))
 
 
 def test_objective_is_the_logged_metric_or_a_clear_error():

@@ -36,13 +36,6 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, next_values: torch.Tensor,
     return adv
 
 
-def discounted_returns(rewards: torch.Tensor, next_values: torch.Tensor, terminated: torch.Tensor,
-                       dones: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Monte-Carlo returns, bootstrapped at truncation: GAE with lambda=1 plus V is the same."""
-    zeros = torch.zeros_like(rewards)
-    return gae(rewards, zeros, next_values, terminated, dones, gamma, 1.0)
-
-
 def normalize(x: torch.Tensor, dim: int | tuple[int, ...] | None = None,
               eps: float = 1e-8) -> torch.Tensor:
     if dim is None:

@@ -1,6 +1,7 @@
 from metarl_lightning.envs.benchmarks import (
     BENCHMARKS,
     ENV_NAMES,
+    N_GOALS,
     BenchmarkInfo,
     check_meta_batch_size,
     check_world_size,
@@ -14,6 +15,7 @@ from metarl_lightning.envs.vector import ProcessVectorEnv, make_vector_env
 __all__ = [
     "BENCHMARKS",
     "ENV_NAMES",
+    "N_GOALS",
     "BenchmarkInfo",
     "ProcessVectorEnv",
     "check_meta_batch_size",

@@ -75,13 +75,14 @@ def valid_meta_batch_sizes(num_classes: int, num_goals: int = N_GOALS) -> list[i
     return [num_classes * k for k in range(1, num_goals + 1) if num_goals % k == 0]
 
 
-def check_meta_batch_size(info: BenchmarkInfo, meta_batch_size: int, split: str) -> None:
+def check_meta_batch_size(info: BenchmarkInfo, meta_batch_size: int, split: str,
+                          goals_per_class: int = N_GOALS) -> None:
     n = len(info.classes(split))
-    valid = valid_meta_batch_sizes(n)
+    valid = valid_meta_batch_sizes(n, goals_per_class)
     if meta_batch_size not in valid:
         raise ConfigError(
             f"meta_batch_size={meta_batch_size} cannot be split over {info.name} {split} "
-            f"({n} classes x {N_GOALS} goals); valid values: {', '.join(map(str, valid))}"
+            f"({n} classes x {goals_per_class} goals); valid values: {', '.join(map(str, valid))}"
         )
 
 
@@ -115,15 +116,18 @@ def make_env_fns(
     terminate_on_success: bool = False,
     task_select: Literal["random", "pseudorandom"] = "pseudorandom",
     reward_function_version: str = "v2",
+    goals_per_class: int = N_GOALS,
     fast_step: bool = True,
 ) -> list[functools.partial]:
     """One picklable thunk per task slot, in class order (slot i belongs to class i // k).
 
     Mirrors `metaworld._make_ml_envs_inner` (the same goal split) but for MT benchmarks too,
-    and does not build the envs, so the caller picks the vector strategy. `fast_step` swaps each
-    class for its bit-exact fast twin (`envs/fast.py`).
+    and does not build the envs, so the caller picks the vector strategy. `goals_per_class`
+    keeps each class's first goals only, as its `total_tasks_per_cls` does (the evaluation
+    protocol uses 40 test goals per class). `fast_step` swaps each class for its bit-exact fast
+    twin (`envs/fast.py`).
     """
-    check_meta_batch_size(info, meta_batch_size, split)
+    check_meta_batch_size(info, meta_batch_size, split, goals_per_class)
     if split == "test" and info.kind == "mt":
         raise ConfigError(f"{info.name} has no test split; MT evaluation uses the train tasks")
     if reward_function_version not in ("v1", "v2"):
@@ -138,6 +142,7 @@ def make_env_fns(
     for class_id, (env_name, env_cls) in enumerate(classes.items()):
         tasks = [t for t in all_tasks if t.env_name == env_name]
         assert len(tasks) == N_GOALS, (env_name, len(tasks))
+        tasks = tasks[:goals_per_class]
         for i in range(per_class):
             fns.append(functools.partial(
                 init,

@@ -1,7 +1,14 @@
 """Meta-World's official evaluation, run on envs built once and reused.
 
 ML benchmarks: `metaworld.evaluation.metalearning_evaluation` on the held-out test split
-(adaptation episodes, then evaluation episodes, `num_evals` rounds of fresh goals).
+(adaptation episodes, then evaluation episodes, `num_evals` rounds of fresh goals). Coverage
+follows the protocol as Meta-World+ runs it (metaworld-algorithms' `MetaworldMetaLearningConfig`):
+a vector env of 20 sub-envs (the meta-batch `metalearning_evaluation` assumes), the first 40
+goals of each test class (`total_tasks_per_cls=40`), and classes x 40 / 20 rounds, so every
+one of those goals is visited once: ML10/ML45 10 rounds (4 sub-envs per test class), ML1 2.
+Note the protocol's own counting: `evaluation` scores the first `evaluation_episodes` episodes
+that *end* per class, over all of that class's sub-envs, so with 4 sub-envs per class and
+termination on success, successful episodes (which end early) fill those slots first.
 MT benchmarks: `metaworld.evaluation.evaluation`, 50 episodes per task, meta-parameters
 (MT has no test split and the protocol does not adapt).
 """
@@ -19,6 +26,9 @@ from metarl_lightning.data.collector import single_threaded_torch
 from metarl_lightning.envs import make_vector_env
 from metarl_lightning.evaluation.adapter import MetaLearnerAgent
 from metarl_lightning.types import MetaLearner
+
+PROTOCOL_META_BATCH = 20  # metaworld.evaluation.metalearning_evaluation: "meta batch size of 20"
+PROTOCOL_TEST_GOALS = 40  # its "40 goals per test task" (Meta-World+ total_goals_per_task_test)
 
 
 @dataclass
@@ -43,7 +53,8 @@ class Evaluator:
 
     def __init__(self, benchmark: str, env_name: str | None, use_one_hot: bool, split: str,
                  seed: int, meta_batch_size: int | None = None, max_episode_steps: int = 500,
-                 num_evals: int = 10, adaptation_episodes: int = 10, evaluation_episodes: int = 3,
+                 num_evals: int | None = None, adaptation_episodes: int = 10,
+                 evaluation_episodes: int = 3,
                  mt_episodes: int = 50, deterministic: bool = True,
                  reward_function_version: str = "v2", num_workers: int | None = None,
                  vector_strategy: str = "process", recurrent_info_in_obs: bool = False,
@@ -52,11 +63,11 @@ class Evaluator:
         if self.info.kind == "mt":
             split = "train"  # MT has no test split: the protocol evaluates the training tasks
         self.split = split
-        classes = self.info.classes(split)
-        # Default: one sub-env per goal group of 10 goals per class (all 50 goals reachable).
-        self.meta_batch_size = meta_batch_size or len(classes) * (5 if len(classes) == 1 else 1)
-        mw.check_meta_batch_size(self.info, self.meta_batch_size, split)
-        self.num_evals, self.adaptation_episodes = num_evals, adaptation_episodes
+        self.meta_batch_size, self.goals_per_class, default_evals = protocol_coverage(
+            self.info, split, meta_batch_size)
+        mw.check_meta_batch_size(self.info, self.meta_batch_size, split, self.goals_per_class)
+        self.num_evals = num_evals or default_evals
+        self.adaptation_episodes = adaptation_episodes
         self.evaluation_episodes, self.mt_episodes = evaluation_episodes, mt_episodes
         self.deterministic = deterministic
         fns = mw.make_env_fns(
@@ -64,7 +75,8 @@ class Evaluator:
             env_seed=seed + 10_000,  # evaluation draws its own goal order and noise
             max_episode_steps=max_episode_steps, terminate_on_success=True,
             task_select="random" if self.info.kind == "mt" else "pseudorandom",
-            reward_function_version=reward_function_version, fast_step=fast_step,
+            reward_function_version=reward_function_version, goals_per_class=self.goals_per_class,
+            fast_step=fast_step,
         )
         self.envs: gym.vector.VectorEnv = make_vector_env(fns, vector_strategy, num_workers)
 
@@ -86,6 +98,25 @@ class Evaluator:
 
     def close(self) -> None:
         self.envs.close()
+
+
+def protocol_coverage(info: mw.BenchmarkInfo, split: str,
+                      meta_batch_size: int | None = None) -> tuple[int, int, int]:
+    """(sub-envs, goals per class, rounds) of the protocol's evaluation of `split`.
+
+    ML: 20 sub-envs where that splits the classes' goals evenly (else one per class), 40 goals
+    per class on the test split (all 50 on the train split), and as many rounds as it takes to
+    visit each goal once. MT: one sub-env per task (the protocol counts episodes, not rounds:
+    `mt_episodes`)."""
+    classes = len(info.classes(split))
+    if info.kind == "mt":
+        return meta_batch_size or classes, mw.N_GOALS, 1
+    goals = PROTOCOL_TEST_GOALS if split == "test" else mw.N_GOALS
+    if meta_batch_size is None:
+        valid = mw.valid_meta_batch_sizes(classes, goals)
+        meta_batch_size = PROTOCOL_META_BATCH if PROTOCOL_META_BATCH in valid else valid[0]
+    rounds = max(1, classes * goals // meta_batch_size)
+    return meta_batch_size, goals, rounds
 
 
 class _StepCounter(gym.vector.VectorWrapper):
