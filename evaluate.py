@@ -21,6 +21,7 @@ from metarl_lightning import config as _schema  # noqa: F401  (registers eval_sc
 from metarl_lightning.build import recurrent_info_in_obs
 from metarl_lightning.checkpoints import load_run
 from metarl_lightning.cli import check_overrides
+from metarl_lightning.config import BenchmarkConfig
 from metarl_lightning.evaluation import Evaluator
 from metarl_lightning.types import ConfigError
 
@@ -37,6 +38,7 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
         deterministic=e.deterministic, reward_function_version=b.reward_function_version,
         num_workers=cfg.num_workers, vector_strategy=cfg.vector_strategy,
         recurrent_info_in_obs=recurrent_info_in_obs(run_cfg),
+        fast_step=b.get("fast_step", BenchmarkConfig.fast_step),  # runs from before the key existed
     )
     try:
         result = evaluator.run(module)

@@ -56,7 +56,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
         use_one_hot=b.use_one_hot, reward_function_version=b.reward_function_version,
         seed=cfg.seed, num_workers=cfg.data.num_workers, vector_strategy=cfg.data.vector_strategy,
         env_restarts=cfg.data.env_restarts,
-        recurrent_info_in_obs=recurrent_info_in_obs(cfg),
+        recurrent_info_in_obs=recurrent_info_in_obs(cfg), fast_step=b.fast_step,
     )
     module = build_module(cfg, datamodule.info)  # policy sizes from the benchmark
     # Plain containers only: checkpoints must load with torch.load(weights_only=True).

@@ -18,6 +18,7 @@ class BenchmarkConfig:
     max_episode_steps: int = 500  # Meta-World's protocol; lower only for tests
     use_one_hot: bool = False  # MT: append the one-hot task id to observations
     reward_function_version: str = "v2"
+    fast_step: bool = True  # bit-exact fast env classes (envs/fast.py); false: Meta-World's stock ones
 
 
 @dataclass
@@ -198,6 +199,7 @@ class BenchmarkOverrides:
 
     max_episode_steps: int | None = None
     reward_function_version: str | None = None
+    fast_step: bool | None = None
 
 
 @dataclass

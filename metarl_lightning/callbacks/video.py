@@ -25,14 +25,14 @@ class VideoCallback(L.Callback):
                  use_one_hot: bool = False, split: str = "test", seed: int = 1,
                  every_n_steps: int = 0, adaptation_episodes: int = 2,
                  max_episode_steps: int = 500, gl: str | None = None, size: int = 240,
-                 recurrent_info_in_obs: bool = False):
+                 recurrent_info_in_obs: bool = False, fast_step: bool = True):
         self.dirpath, self.every, self.gl, self.size = dirpath, every_n_steps, gl, size
         info = mw.describe(benchmark, env_name, use_one_hot, recurrent_info_in_obs)
         split = "train" if info.kind == "mt" else split
         self.env_fn = mw.make_env_fns(
             info, split=split, meta_batch_size=len(info.classes(split)), benchmark_seed=seed,
             env_seed=seed + 20_000, max_episode_steps=max_episode_steps,
-            terminate_on_success=False)[0]
+            terminate_on_success=False, fast_step=fast_step)[0]
         self.adaptation_episodes = adaptation_episodes
         self.disabled = False
 

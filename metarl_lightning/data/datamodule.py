@@ -51,8 +51,9 @@ class MetaWorldDataModule(L.LightningDataModule):
                  use_one_hot: bool = False, reward_function_version: str = "v2",
                  seed: int = 1, num_workers: int | None = None, vector_strategy: str = "process",
                  env_restarts: int = 0,
-                 recurrent_info_in_obs: bool = False):
+                 recurrent_info_in_obs: bool = False, fast_step: bool = True):
         super().__init__()
+        self.fast_step = fast_step
         self.info = mw.describe(benchmark, env_name, use_one_hot, recurrent_info_in_obs)
         mw.check_meta_batch_size(self.info, meta_batch_size, "train")
         self.meta_batch_size = meta_batch_size
@@ -87,6 +88,7 @@ class MetaWorldDataModule(L.LightningDataModule):
             env_seed=self.seed + 1000 * rank,  # different task order and noise per rank
             max_episode_steps=self.max_episode_steps, terminate_on_success=False,
             task_select="pseudorandom", reward_function_version=self.reward_function_version,
+            fast_step=self.fast_step,
         )
         # DDP: meta_batch_size is the whole meta-batch; rank r steps slots r, r+W, r+2W, ...
         # (each slot keeps its own share of its class's goals, so ranks never share a task).

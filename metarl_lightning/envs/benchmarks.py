@@ -16,6 +16,7 @@ import metaworld
 import metaworld.env_dict as env_dict
 from metaworld import _init_each_env  # the per-env builder behind make_ml_envs/make_mt_envs
 
+from metarl_lightning.envs.fast import fast_class
 from metarl_lightning.errors import ConfigError
 
 N_GOALS = 50  # Meta-World generates 50 goals per class (metaworld._N_GOALS)
@@ -116,13 +117,15 @@ def make_env_fns(
     task_select: Literal["random", "pseudorandom"] = "pseudorandom",
     reward_function_version: str = "v2",
     goals_per_class: int = N_GOALS,
+    fast_step: bool = True,
 ) -> list[functools.partial]:
     """One picklable thunk per task slot, in class order (slot i belongs to class i // k).
 
     Mirrors `metaworld._make_ml_envs_inner` (the same goal split) but for MT benchmarks too,
     and does not build the envs, so the caller picks the vector strategy. `goals_per_class`
     keeps each class's first goals only, as its `total_tasks_per_cls` does (the evaluation
-    protocol uses 40 test goals per class).
+    protocol uses 40 test goals per class). `fast_step` swaps each class for its bit-exact fast
+    twin (`envs/fast.py`).
     """
     check_meta_batch_size(info, meta_batch_size, split, goals_per_class)
     if split == "test" and info.kind == "mt":
@@ -143,7 +146,7 @@ def make_env_fns(
         for i in range(per_class):
             fns.append(functools.partial(
                 init,
-                env_cls=env_cls,
+                env_cls=fast_class(env_cls) if fast_step else env_cls,
                 tasks=tasks[i::per_class],
                 seed=env_seed,
                 max_episode_steps=max_episode_steps,

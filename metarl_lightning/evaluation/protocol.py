@@ -57,7 +57,8 @@ class Evaluator:
                  evaluation_episodes: int = 3,
                  mt_episodes: int = 50, deterministic: bool = True,
                  reward_function_version: str = "v2", num_workers: int | None = None,
-                 vector_strategy: str = "process", recurrent_info_in_obs: bool = False):
+                 vector_strategy: str = "process", recurrent_info_in_obs: bool = False,
+                 fast_step: bool = True):
         self.info = mw.describe(benchmark, env_name, use_one_hot, recurrent_info_in_obs)
         if self.info.kind == "mt":
             split = "train"  # MT has no test split: the protocol evaluates the training tasks
@@ -75,6 +76,7 @@ class Evaluator:
             max_episode_steps=max_episode_steps, terminate_on_success=True,
             task_select="random" if self.info.kind == "mt" else "pseudorandom",
             reward_function_version=reward_function_version, goals_per_class=self.goals_per_class,
+            fast_step=fast_step,
         )
         self.envs: gym.vector.VectorEnv = make_vector_env(fns, vector_strategy, num_workers)
 
