@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slurm
 # it), the node's only partition. Everything else is conf/hydra/launcher/slurm.yaml as shipped.
 LAUNCHER = ["hydra/launcher=slurm", "hydra.launcher.partition=debug",
             "hydra.launcher.gpus_per_node=null", "hydra.launcher.mem_gb=1",
-            "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=10"]
+            "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=30"]
 DDP = ["trainer=ddp_cpu", "hydra.launcher.tasks_per_node=2"]  # 2 srun tasks = 2 DDP ranks
 TINY = [
     "benchmark.max_episode_steps=20", "benchmark.meta_batch_size=2", "model.hidden_dim=16",
@@ -55,6 +55,7 @@ def test_multirun_submits_one_ddp_job_per_seed(slurm_cluster, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     script = next((sweep / ".submitit").glob("*/*_submission.sh")).read_text()
     assert "#SBATCH --ntasks-per-node=2" in script and "\nsrun " in script
+    assert "#SBATCH --signal=TERM@300" in script  # time limit: SIGTERM, as scancel sends
     jobs = _job_dirs(sweep)
     assert len(jobs) == 2  # two SLURM jobs (an array of 2), one per seed
     for job in jobs:  # both ranks of each job were srun tasks, joined into one process group
