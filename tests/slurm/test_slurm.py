@@ -138,6 +138,7 @@ def test_scancel_writes_last_ckpt_and_a_resubmission_resumes(slurm_cluster, tmp_
 
     second = tmp_path / "resumed"
     proc = run_train(["-m", *LAUNCHER, *DDP, *long, f"trainer.max_steps={step + 1}",
+                      "callbacks.last_checkpoint.every_n_train_steps=1",
                       f"ckpt_path={ckpt_path}", f"hydra.sweep.dir={second}"],
                      tmp_path, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
