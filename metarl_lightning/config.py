@@ -229,7 +229,17 @@ def register_configs() -> None:
     cs.store(group="trainer", name="trainer_schema", node=TrainerConfig)
 
 
+def launched_ranks(outside: Any, inside: Any) -> Any:
+    """`${launched_ranks:A,B}`: B where srun or torchrun started this process as one rank of
+    several (Lightning's own SLURM / TorchElastic detection), else A. trainer=ddp_cpu uses it:
+    spawned ranks locally, plain ddp when each SLURM task or torchrun process is a rank."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+
+    return inside if SLURMEnvironment.detect() or TorchElasticEnvironment.detect() else outside
+
+
 register_configs()
+OmegaConf.register_new_resolver("launched_ranks", launched_ranks, replace=True)
 
 
 def validate(cfg: Any) -> None:

@@ -127,3 +127,21 @@ def test_sweep_and_cluster_configs_compose(monkeypatch):
     cfg = compose_cfg(["trainer=ddp", "benchmark=ml10", "benchmark.meta_batch_size=10"])
     with pytest.raises(ConfigError, match="valid values for ML10 on 4 ranks: 20, 100, 500$"):
         schema.validate(cfg)
+
+
+def test_ddp_cpu_takes_its_ranks_from_srun_or_torchrun(monkeypatch):
+    local = compose_cfg(["trainer=ddp_cpu"]).trainer
+    assert (local.strategy, local.devices, local.num_nodes) == ("ddp_spawn", 2, 1)
+    # inside a SLURM job step (what submitit's srun sets): one rank per task, plain ddp
+    for var, value in {"SLURM_NTASKS": "4", "SLURM_NTASKS_PER_NODE": "2", "SLURM_NNODES": "2",
+                       "SLURM_JOB_NAME": "train"}.items():
+        monkeypatch.setenv(var, value)
+    slurm = compose_cfg(["trainer=ddp_cpu"]).trainer
+    assert (slurm.strategy, slurm.devices, slurm.num_nodes) == ("ddp", 2, 2)
+    schema.check_multirun(compose_cfg(["trainer=ddp_cpu"]))  # fine in a SLURM sweep
+    monkeypatch.setenv("SLURM_JOB_NAME", "bash")  # salloc shell: Lightning spawns the ranks
+    assert compose_cfg(["trainer=ddp_cpu"]).trainer.strategy == "ddp_spawn"
+    for var in ("SLURM_NTASKS", "SLURM_NTASKS_PER_NODE", "SLURM_NNODES", "SLURM_JOB_NAME"):
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")  # what torchrun sets in its workers
+    assert compose_cfg(["trainer=ddp_cpu"]).trainer.strategy == "ddp"

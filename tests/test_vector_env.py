@@ -241,6 +241,21 @@ def test_killed_worker_raises_without_hanging():
         envs.step(np.zeros((2, 4)))
 
 
+def test_workers_leave_sigterm_to_the_main_process():
+    """SLURM (scancel, preemption, time limit) sends SIGTERM to every process of a job step:
+    the workers must outlive it so that the main process can finish its meta-iteration and
+    save their state; closing still stops them."""
+    envs = ProcessVectorEnv([RaisingEnv, RaisingEnv], num_workers=2)
+    envs.reset()
+    for pid in envs.worker_pids:
+        os.kill(pid, signal.SIGTERM)
+    time.sleep(0.5)
+    obs, *_ = envs.step(np.zeros((2, 2), np.float32))  # both workers still answer
+    assert obs.shape == (2, 3)
+    envs.close()
+    assert no_children_alive()
+
+
 def test_hung_worker_times_out():
     envs = ProcessVectorEnv([RaisingEnv, RaisingEnv], num_workers=2)
     envs.reset()

@@ -132,7 +132,12 @@ def _task_names(worker: _Worker | None) -> list | None:
 
 
 def _worker_main(conn, env_fns) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process' job
+    # Ctrl-C and SIGTERM are the main process' job: it finishes the meta-iteration (which needs
+    # these workers) and writes last.ckpt with their state. SLURM's scancel, preemption and time
+    # limit signal every process of a job step, workers included. The workers still stop when
+    # the main process closes them or dies (EOF below).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     worker, cmd, args = None, "info", ()
     while True:
         try:
