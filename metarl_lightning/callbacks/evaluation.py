@@ -41,8 +41,8 @@ class MetaEvalCallback(L.Callback):
         log = trainer.strategy.broadcast(log, src=0)
         # Straight to the loggers: a value logged through `self.log` in a batch hook is re-logged
         # on every later step. callback_metrics is what ModelCheckpoint(monitor=...) reads.
-        for logger in trainer.loggers:
-            logger.log_metrics(log, step=step)
+        for logger in trainer.loggers:  # x-axis: env steps, as for train/* (algorithms/base.py)
+            logger.log_metrics(log, step=int(log["val/env_steps"]))
         trainer.callback_metrics.update({k: torch.tensor(v) for k, v in log.items()})
         trainer.progress_bar_metrics["val_success"] = log["val/success_rate"]
         if result is not None:

@@ -66,6 +66,7 @@ class RolloutCollector:
             "return_pre": float(ret_pre.mean()), "return_post": float(ret_post.mean()),
             "success_pre": float(succ_pre.mean()), "success_post": float(succ_post.mean()),
             "env_steps": float(steps), "collect_time": elapsed,
+            "success_post_per_slot": np.asarray(succ_post, np.float32),  # (T,): per-task logging
         }
         return MetaBatch(support, query, stats)
 
