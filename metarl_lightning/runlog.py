@@ -38,12 +38,12 @@ _WORKER_FILTER = "ignore::UserWarning:gymnasium.spaces.box"
 
 
 class _QuietFilter(logging.Filter):
-    """Drops Lightning's litlogger advertisement and its note on `weights_only` (it loads only
-    the checkpoints this run wrote itself)."""
+    """Drops Lightning's litlogger/litmodels advertisements and its note on `weights_only` (it
+    loads only the checkpoints this run wrote itself)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         msg = record.getMessage()
-        return "litlogger" not in msg and "`weights_only` was not set" not in msg
+        return not any(s in msg for s in ("litlogger", "litmodels", "`weights_only` was not set"))
 
 
 class QuietModelSummary(ModelSummary):
@@ -140,7 +140,9 @@ def log_end(status: str, trainer: Any, module: Any, output_dir: str, seconds: fl
     """status: 'finished', or 'stopped by SIGTERM' etc. Only checkpoints that exist are named."""
     m = {k: float(v) for k, v in trainer.callback_metrics.items()}
     h, rem = divmod(int(seconds), 3600)
-    log.info("%s after %d meta-iterations, %s env steps, wall time %d:%02d:%02d", status,
+    level = (logging.INFO if status == "finished" else
+             logging.ERROR if status.startswith("failed") else logging.WARNING)
+    log.log(level, "%s after %d meta-iterations, %s env steps, wall time %d:%02d:%02d", status,
              trainer.global_step, f"{int(getattr(module, 'env_steps', 0)):,}", h, rem // 60,
              rem % 60)
     if "val/success_rate" in m:
