@@ -38,12 +38,16 @@ _WORKER_FILTER = "ignore::UserWarning:gymnasium.spaces.box"
 
 
 class _QuietFilter(logging.Filter):
-    """Drops Lightning's litlogger/litmodels advertisements and its note on `weights_only` (it
-    loads only the checkpoints this run wrote itself)."""
+    """Drops Lightning's litlogger/litmodels advertisements, its note on `weights_only` (it
+    loads only the checkpoints this run wrote itself) and its note that our model summary
+    replaces its default one."""
+
+    DROP = ("litlogger", "litmodels", "`weights_only` was not set",
+            "Skipping setting a default `ModelSummary`")
 
     def filter(self, record: logging.LogRecord) -> bool:
         msg = record.getMessage()
-        return not any(s in msg for s in ("litlogger", "litmodels", "`weights_only` was not set"))
+        return not any(s in msg for s in self.DROP)
 
 
 class QuietModelSummary(ModelSummary):

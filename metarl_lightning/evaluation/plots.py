@@ -107,6 +107,13 @@ def plot_seed_curves(groups: dict[str, dict], out_png: str | Path) -> None:
 
 
 def plot_eval(report: dict, out_png: str | Path) -> None:
+    plt = _pyplot()
+    fig = eval_figure(report)
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)
+
+
+def eval_figure(report: dict):
     """Per-task success (bar: mean over rounds, dots: each round, whisker: min-max) with the value
     written on every bar, so a 0.0 task is visible; one task (ML1/MT1): success per round."""
     plt = _pyplot()
@@ -143,8 +150,7 @@ def plot_eval(report: dict, out_png: str | Path) -> None:
                  f"{report.get('max_episode_steps', '?')}-step episodes", fontsize=8)
     ax.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
-    fig.savefig(out_png, dpi=120)
-    plt.close(fig)
+    return fig
 
 
 if __name__ == "__main__":
