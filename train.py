@@ -114,7 +114,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
         raise
     finally:
         _finish_wandb()
-        if stopped_by is None and interrupt is not None and interrupt.signum == signal.SIGINT:
+        if status == "finished" and interrupt is not None and interrupt.signum == signal.SIGINT:
             status, stopped_by = "stopped by Ctrl-C", signal.SIGINT
         elif (status == "finished" and not trainer.fast_dev_run
               and trainer.global_step < cfg.trainer.max_steps):
