@@ -1,12 +1,14 @@
 """Evaluate a checkpoint under Meta-World's official protocol.
 
 `python evaluate.py ckpt_path=outputs/train/<run>/checkpoints/last.ckpt [split=train]`
-prints a per-task table and writes eval.json and success.png into its Hydra run dir.
+logs a per-task table (console and evaluate.log) and writes eval.json (success per task and per
+round, seed, protocol, episode length) and success.png into its Hydra run dir.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -18,18 +20,27 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from metarl_lightning import config as _schema  # noqa: F401  (registers eval_schema)
+from metarl_lightning import runlog
 from metarl_lightning.build import recurrent_info_in_obs
 from metarl_lightning.checkpoints import load_run
 from metarl_lightning.cli import check_overrides
 from metarl_lightning.config import BenchmarkConfig
 from metarl_lightning.evaluation import Evaluator
+from metarl_lightning.evaluation.plots import plot_eval
 from metarl_lightning.types import ConfigError
+
+log = logging.getLogger("evaluate")
+runlog.quiet_warnings()  # before the env workers start
 
 
 def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
+    runlog.setup_logging()
     overrides = {k: v for k, v in OmegaConf.to_container(cfg.benchmark).items() if v is not None}
     module, run_cfg, ckpt = load_run(cfg.ckpt_path, overrides)
     b, e = run_cfg.benchmark, cfg.eval
+    log.info("evaluating %s (%s on %s, meta-iteration %d, %s env steps) on the %s split, seed %d",
+             cfg.ckpt_path, module.name, runlog.benchmark_label(b), int(ckpt.get("global_step", 0)),
+             f"{int(ckpt.get('env_steps', 0)):,}", cfg.split, cfg.seed)
     evaluator = Evaluator(
         b.name, b.env_name, b.use_one_hot, cfg.split, cfg.seed,
         meta_batch_size=e.meta_batch_size, max_episode_steps=b.max_episode_steps,
@@ -44,46 +55,40 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
         result = evaluator.run(module)
     finally:
         evaluator.close()
-    report = {**result.as_dict(), "env_name": b.env_name,
+    protocol = {**OmegaConf.to_container(e), "meta_batch_size": evaluator.meta_batch_size,
+                "max_episode_steps": int(b.max_episode_steps)}
+    if evaluator.info.kind == "mt":  # what the MT protocol actually ran (no adaptation, 1 round)
+        protocol = {k: v for k, v in protocol.items()
+                    if k not in ("num_evals", "adaptation_episodes", "evaluation_episodes")}
+    report = {**result.as_dict(), "env_name": b.env_name, "seed": int(cfg.seed),
+              "train_seed": int(run_cfg.get("seed", -1)),
+              "method": module.name, "max_episode_steps": int(b.max_episode_steps),
               "env_steps_trained": int(ckpt.get("env_steps", 0)),
               "meta_iterations": int(ckpt.get("global_step", 0)),
-              "ckpt_path": os.path.abspath(cfg.ckpt_path),
-              "protocol": OmegaConf.to_container(e)}
+              "ckpt_path": os.path.abspath(cfg.ckpt_path), "protocol": protocol}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "eval.json").write_text(json.dumps(report, indent=2))
-    plot_success(result.per_task, out_dir / "success.png",
-                 f"{result.benchmark} {result.split}: success {result.success_rate:.3f}")
-    print(table(report))
-    print(f"wrote {out_dir / 'eval.json'} and {out_dir / 'success.png'}")
+    plot_eval(report, out_dir / "success.png")
+    log.info("\n%s", table(report))
+    log.info("wrote %s and %s", out_dir / "eval.json", out_dir / "success.png")
     return report
 
 
 def table(report: dict) -> str:
     width = max(len(t) for t in report["per_task"]) + 2
+    rounds = report.get("per_task_rounds", {})
+    spread = len(report.get("per_round", [])) > 1
     lines = [f"{report['benchmark']} {report['split']} split, "
              f"{report['env_steps_trained']:,} env steps trained",
-             f"{'task':<{width}}success"]
-    lines += [f"{task:<{width}}{v:.3f}" for task, v in report["per_task"].items()]
+             f"{'task':<{width}}success" + ("  (min-max over rounds)" if spread else "")]
+    for task, v in report["per_task"].items():
+        r = rounds.get(task, [])
+        lines.append(f"{task:<{width}}{v:.3f}" + (f"  ({min(r):.2f}-{max(r):.2f})" if spread else ""))
     lines.append(f"{'mean':<{width}}{report['success_rate']:.3f}   "
                  f"(mean return {report['return']:.1f})")
+    if spread:
+        lines.append("per round: " + " ".join(f"{x:.3f}" for x in report["per_round"]))
     return "\n".join(lines)
-
-
-def plot_success(per_task: dict[str, float], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(max(4, 0.5 * len(per_task) + 2), 3.5))
-    ax.bar(list(per_task), list(per_task.values()), color="tab:blue")
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("success rate")
-    ax.set_title(title)
-    ax.tick_params(axis="x", rotation=60)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
@@ -92,6 +97,7 @@ def main(cfg: DictConfig) -> float:
         report = evaluate(cfg, Path(HydraConfig.get().runtime.output_dir))
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
+        runlog.to_file(logging.ERROR, f"error: {err}")
         sys.exit(2)
     return report["success_rate"]
 

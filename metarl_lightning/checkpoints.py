@@ -54,7 +54,7 @@ def read_checkpoint(ckpt_path: str | None) -> dict:
     hold no pickled objects); ConfigError for a missing or unreadable file."""
     if not ckpt_path or not os.path.isfile(ckpt_path):
         raise ConfigError(f"checkpoint {ckpt_path!r} not found; pass ckpt_path=<run dir>/"
-                          "checkpoints/last.ckpt (or best.ckpt) of a train.py run")
+                          "checkpoints/last.ckpt of a train.py run")
     try:
         return torch.load(ckpt_path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001  (any unreadable file is the same user error)
@@ -69,7 +69,7 @@ def check_resumable(ckpt_path: str, module: torch.nn.Module) -> None:
     theirs, ours = ckpt.get("state_dict"), module.state_dict()
     if theirs is None or "run_config" not in ckpt:
         raise ConfigError(f"checkpoint {ckpt_path!r} was not written by train.py (no state_dict "
-                          "or run_config); pass a last.ckpt/best.ckpt of a train.py run")
+                          "or run_config); pass a last.ckpt of a train.py run")
     diff = [f"{k} missing from the checkpoint" for k in ours if k not in theirs]
     diff += [f"{k} not in this model" for k in theirs if k not in ours]
     diff += [f"{k} is {tuple(theirs[k].shape)} in the checkpoint, {tuple(v.shape)} here"

@@ -7,6 +7,7 @@ Multirun (`-m`) invocations are left to Hydra: sweep syntax does not compose as 
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -35,15 +36,22 @@ def _describe(err: BaseException, overrides: list[str]) -> str:
                        if group.startswith("hydra/") else "")
             return (f"unknown {group} {bad!r}; choose one of: {', '.join(options)} "
                     f"(e.g. {group}={options[0]}){plugins}")
+    # Hydra's own hint for a key that is not in the config: "To append ... use +key=value"
+    plus = next((m.group(1) for e in chain
+                 if (m := re.search(r"use (\+\S+)", str(e)))), None)
     for e in chain:
         if isinstance(e, OmegaConfBaseException) and getattr(e, "full_key", None):
             key = e.full_key
             if isinstance(e, ConfigKeyError) or "not in" in str(e):
-                parent = key.rsplit(".", 1)[0] if "." in key else ""
+                parent, _, name = key.rpartition(".")
                 script = Path(sys.argv[0]).name or "train.py"
+                if parent in ("logger", "callbacks") and (CONF_DIR / parent / f"{name}.yaml").exists():
+                    return (f"{key} is not part of the chosen {parent} group; select it with "
+                            f"{parent}={name}" + (" (or logger=many)" if parent == "logger" else ""))
                 return (f"unknown config key {key!r}; check the spelling"
                         + (f" against the keys of {parent!r} (python {script} --cfg job)"
-                           if parent else ""))
+                           if parent else "")
+                        + (f", or add a new key with {plus}" if plus else ""))
             msg = str(e).splitlines()[0]
             return f"bad value for {key}: {msg}; pass a value of the declared type"
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

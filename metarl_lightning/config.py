@@ -134,6 +134,7 @@ class TrainerConfig:
     strategy: Any = "auto"
     precision: Any = "32-true"
     max_steps: int = 140  # meta-iterations
+    max_time: Any = None  # wall-clock limit, "DD:HH:MM:SS" or {hours: 12}; ends like max_steps
     max_epochs: int = -1
     log_every_n_steps: int = 1
     num_sanity_val_steps: int = 0
@@ -144,6 +145,9 @@ class TrainerConfig:
     default_root_dir: str | None = None
     deterministic: bool = False
     use_distributed_sampler: bool = False  # rollouts are streamed, never sampled
+    gradient_clip_val: float | None = None  # sets algorithm.max_grad_norm (manual optimisation)
+    fast_dev_run: Any = False  # debug=fdr: one meta-iteration, no loggers or checkpoints
+    profiler: Any = None  # debug=profiler: "simple" | "advanced" | "pytorch"
 
 
 @dataclass
@@ -181,6 +185,7 @@ class TrainConfig:
     logger: Any = None
     callbacks: Any = None
     experiment: Any = None
+    debug: Any = None
     data: DataConfig = field(default_factory=DataConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
@@ -191,6 +196,7 @@ class TrainConfig:
     tags: list[str] = field(default_factory=list)
     optimized_metric: str | None = "train/success_post"  # main() returns it to a sweeper
     select_on_test_split: bool = False  # a sweep may optimize val/* (held-out) only when true
+    print_config: bool = True  # print the resolved config tree at start (and config_tree.log)
 
 
 @dataclass

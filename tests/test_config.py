@@ -31,7 +31,9 @@ def test_readme_example_override_composes(tmp_path):
                                           ("algorithm", "rl2_ppo"), ("algorithm", "mt_ppo"),
                                           ("trainer", "gpu"), ("logger", "many"),
                                           ("logger", "none"), ("logger", "wandb"),
-                                          ("logger", "tensorboard")])
+                                          ("logger", "tensorboard"), ("debug", "default"),
+                                          ("debug", "fdr"), ("debug", "profiler"),
+                                          ("callbacks", "none")])
 def test_group_options_compose(group, option, tmp_path):
     cfg = compose_cfg([f"{group}={option}"], tmp_path)
     OmegaConf.to_container(cfg[group], resolve=True) if cfg[group] is not None else None
@@ -49,6 +51,9 @@ def test_validate_rejects_nonpositive_learning_rate(tmp_path):
     (["model.hidden_dim=abc"], "bad value for model.hidden_dim"),
     (["trainer.max_steps=1.5"], "bad value for trainer.max_steps"),
     (["model.hiden_dim=3"], "unknown config key 'model.hiden_dim'"),
+    (["model.hiden_dim=3"], "or add a new key with +model.hiden_dim=3"),  # Hydra's hint kept
+    (["logger.wandb.entity=me"], "select it with logger=wandb"),  # csv logger chosen
+    (["debug=fdrr"], "unknown debug 'fdrr'; choose one of: default, fdr, profiler"),
     (["benchmark.env_name=reach-v9"], "needs benchmark.env_name set to a Meta-World v3 task"),
     (["trainer.max_steps=0"], "trainer.max_steps must be > 0"),
     (["ckpt_path=/no/such.ckpt"], "ckpt_path '/no/such.ckpt' does not exist"),
@@ -61,3 +66,13 @@ def test_bad_input_exits_with_one_line(args, expected, tmp_path):
     errors = [ln for ln in lines if ln.startswith("error: ")]
     assert len(errors) == 1 and expected in errors[0], proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
+
+
+def test_keys_users_expect_from_lightning_and_wandb_are_reachable(tmp_path):
+    cfg = compose_cfg(["logger=wandb", "logger.wandb.entity=me", "logger.wandb.group=g",
+                       "logger.wandb.job_type=eval", "trainer.max_time=00:01:00:00",
+                       "trainer.gradient_clip_val=1.0", "trainer.fast_dev_run=true",
+                       "trainer.profiler=simple"], tmp_path)
+    assert (cfg.logger.wandb.entity, cfg.logger.wandb.group, cfg.logger.wandb.job_type) == (
+        "me", "g", "eval")
+    assert cfg.trainer.max_time == "00:01:00:00" and cfg.trainer.gradient_clip_val == 1.0

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 
@@ -53,6 +54,9 @@ def test_evaluator_follows_the_protocol_on_tiny_splits(tiny_cfg, bench, extra):
     assert result.split == ("test" if bench == "ml1" else "train")  # MT has no test split
     if bench == "ml1":  # 5 envs x 2 rounds x (2 adaptation + at most 1 evaluation episode)
         assert 5 * 2 * 2 * 10 < result.env_steps <= 5 * 2 * 3 * 10
+    assert len(result.per_round) == (2 if bench == "ml1" else 1)  # MT: one protocol round
+    assert np.mean(result.per_round) == pytest.approx(result.success_rate)
+    assert result.per_task_rounds["reach-v3"] == pytest.approx(result.per_round)
 
 
 def test_resume_reproduces_the_uninterrupted_run_exactly(tiny_cfg, tmp_path):
@@ -89,6 +93,10 @@ def test_evaluate_py_writes_eval_json_and_plot(tiny_cfg, tmp_path):
         assert key in report
     assert report["benchmark"] == "ML1" and report["split"] == "test"
     assert report["env_steps_trained"] == 2 * 2 * 2 * 10
+    assert report["seed"] == 1 and report["max_episode_steps"] == 10
+    assert report["protocol"]["max_episode_steps"] == 10 and report["protocol"]["num_evals"] == 1
+    assert len(report["per_round"]) == 1 and report["per_task_rounds"]["reach-v3"] == report["per_round"]
+    assert "evaluating" in (out / "evaluate.log").read_text()  # the run's log is not empty
     assert (out / "success.png").stat().st_size > 1000
     assert "reach-v3" in proc.stdout
 
@@ -133,3 +141,24 @@ def test_ml10_protocol_visits_the_first_40_goals_of_every_test_class_once():
         held = [t.data for tasks in mine for t in tasks]
         first_40 = [t.data for t in bench.test_tasks if t.env_name == name][:40]
         assert sorted(held) == sorted(first_40)
+
+
+def test_success_png_never_draws_empty_axes():
+    """An untrained MT10 checkpoint (every task 0): bars still carry their values, and the
+    spread over rounds is drawn where there is more than one round."""
+    from metarl_lightning.evaluation.plots import eval_figure
+
+    tasks = [f"task{i}-v3" for i in range(10)]
+    report = {"benchmark": "MT10", "split": "train", "success_rate": 0.0, "seed": 1,
+              "per_task": dict.fromkeys(tasks, 0.0), "per_round": [0.0],
+              "per_task_rounds": {t: [0.0] for t in tasks}, "protocol": {"mt_episodes": 50},
+              "env_steps_trained": 0, "max_episode_steps": 500}
+    ax = eval_figure(report).axes[0]
+    assert [t.get_text() for t in ax.texts] == ["0.00"] * 10
+    assert len(ax.patches) == 10 and ax.get_ylim()[1] > 1.0
+    ml1 = {**report, "benchmark": "ML1", "per_task": {"reach-v3": 0.6}, "success_rate": 0.6,
+           "per_round": [0.4, 0.8], "per_task_rounds": {"reach-v3": [0.4, 0.8]},
+           "protocol": {"num_evals": 2, "adaptation_episodes": 10, "evaluation_episodes": 3}}
+    ax = eval_figure(ml1).axes[0]  # one task: success per round, not one full bar
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["round 1", "round 2"]
+    assert [round(p.get_height(), 2) for p in ax.patches] == [0.4, 0.8]

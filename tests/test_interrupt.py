@@ -1,5 +1,6 @@
-"""Ctrl-C or SIGTERM during training: the run finishes its meta-iteration, writes a loadable last.ckpt and
-exits; resuming from it works. Checkpoints load with plain torch.load(weights_only=True)."""
+"""Ctrl-C or SIGTERM during training: the run finishes its meta-iteration, writes a loadable last.ckpt
+and exits with 128 + the signal number; resuming from it works. Checkpoints load with plain
+torch.load(weights_only=True)."""
 
 import signal
 import subprocess
@@ -26,11 +27,14 @@ def test_interrupt_writes_a_loadable_last_checkpoint(tmp_path, sig):
         time.sleep(0.5)  # wait for a few meta-iterations (no periodic checkpoint yet)
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err[-3000:]
+    assert proc.returncode == 128 + sig, err[-3000:]  # 130 / 143: stopped, not finished
     ckpt = tmp_path / "checkpoints" / "last.ckpt"
     state = torch.load(ckpt, weights_only=True)
     assert state["global_step"] >= 3
     assert "resume with ckpt_path=" in out + err
+    log = (tmp_path / "train.log").read_text()  # the hint and the summary reach the run's log
+    assert f"resume with: python train.py {' '.join(args[:2])}" in log
+    assert f"stopped by {'Ctrl-C' if sig == signal.SIGINT else 'SIGTERM'} after" in log
     resume = subprocess.run(
         [sys.executable, "train.py", *args, f"trainer.max_steps={state['global_step'] + 1}",
          "callbacks.last_checkpoint.every_n_train_steps=1", f"ckpt_path={ckpt}",

@@ -22,6 +22,7 @@ import torch
 from metarl_lightning.algorithms import functional as F
 from metarl_lightning.data.collector import single_threaded_torch
 from metarl_lightning.policies.distributions import gaussian_entropy
+from metarl_lightning.runlog import per_task_success
 from metarl_lightning.types import MetaBatch, Params, Rollout, State
 
 
@@ -154,9 +155,14 @@ class MetaRLModule(L.LightningModule):
             values = self.trainer.strategy.reduce(
                 torch.tensor([float(v) for v in log.values()], device=self.device), reduce_op="mean")
             log = dict(zip(log, values.tolist()))
+        log.update(per_task_success(self.trainer, batch.stats, self.device))
+        # The loggers get env steps as their step (CSV `step` column, TensorBoard x-axis);
+        # self.log only feeds callback_metrics (checkpoint monitors, sweeps) and the bar.
+        for logger in self.trainer.loggers:
+            logger.log_metrics(log, step=self.env_steps)
         rate = log.pop("perf/env_steps_per_s")
-        self.log_dict(log, on_step=True, batch_size=1)
-        self.log("perf/env_steps_per_s", rate, prog_bar=True, batch_size=1)
+        self.log_dict(log, on_step=True, batch_size=1, logger=False)
+        self.log("perf/env_steps_per_s", rate, prog_bar=True, batch_size=1, logger=False)
         self.log("success", log["train/success_post"], prog_bar=True, logger=False,
                  batch_size=1)
 

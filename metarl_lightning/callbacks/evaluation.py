@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
 from metarl_lightning.evaluation import Evaluator
+
+_log = logging.getLogger(__name__)
 
 
 class MetaEvalCallback(L.Callback):
@@ -39,11 +43,14 @@ class MetaEvalCallback(L.Callback):
             log = {"val/success_rate": result.success_rate, "val/return": result.mean_return}
             log.update({f"val/success_rate/{task}": v for task, v in result.per_task.items()})
             log["val/env_steps"] = float(getattr(pl_module, "env_steps", 0))  # x-axis
+            _log.info("meta-test at iteration %d (%s env steps): val/success_rate %.3f, "
+                      "val/return %.1f (%s split, %.0f s)", step, f"{int(log['val/env_steps']):,}",
+                      result.success_rate, result.mean_return, result.split, result.seconds)
         log = trainer.strategy.broadcast(log, src=0)
         # Straight to the loggers: a value logged through `self.log` in a batch hook is re-logged
         # on every later step. callback_metrics is what ModelCheckpoint(monitor=...) reads.
-        for logger in trainer.loggers:
-            logger.log_metrics(log, step=step)
+        for logger in trainer.loggers:  # x-axis: env steps, as for train/* (algorithms/base.py)
+            logger.log_metrics(log, step=int(log["val/env_steps"]))
         trainer.callback_metrics.update({k: torch.tensor(v) for k, v in log.items()})
         trainer.progress_bar_metrics["val_success"] = log["val/success_rate"]
         if result is not None:

@@ -66,6 +66,9 @@ class RolloutCollector:
             "return_pre": float(ret_pre.mean()), "return_post": float(ret_post.mean()),
             "success_pre": float(succ_pre.mean()), "success_post": float(succ_post.mean()),
             "env_steps": float(steps), "collect_time": elapsed,
+            # (T,): per-task logging (algorithms/base.py); mean over a slot's query episodes
+            "success_post_per_slot": np.asarray(succ_post, np.float32).reshape(self.num_tasks, -1)
+            .mean(1),
         }
         return MetaBatch(support, query, stats)
 

@@ -16,10 +16,11 @@ MT benchmarks: `metaworld.evaluation.evaluation`, 50 episodes per task, meta-par
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import gymnasium as gym
 import metaworld.evaluation as mw_eval
+import numpy as np
 
 from metarl_lightning import envs as mw
 from metarl_lightning.data.collector import single_threaded_torch
@@ -40,11 +41,15 @@ class EvalResult:
     per_task: dict[str, float]
     env_steps: int
     seconds: float
+    # success per round of fresh goals (ML: num_evals rounds; MT: the protocol has one)
+    per_round: list[float] = field(default_factory=list)
+    per_task_rounds: dict[str, list[float]] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return {"benchmark": self.benchmark, "split": self.split,
                 "success_rate": self.success_rate, "return": self.mean_return,
-                "per_task": self.per_task, "eval_env_steps": self.env_steps,
+                "per_task": self.per_task, "per_round": self.per_round,
+                "per_task_rounds": self.per_task_rounds, "eval_env_steps": self.env_steps,
                 "seconds": self.seconds}
 
 
@@ -84,17 +89,28 @@ class Evaluator:
         start = time.perf_counter()
         agent = MetaLearnerAgent(learner, self.envs.num_envs, self.deterministic)
         counter = _StepCounter(self.envs)
+        rounds: list[tuple[float, float, dict]] = []
         with single_threaded_torch():  # per-step forwards while env workers hold the cores
             if self.info.kind == "ml":
-                success, ret, per_task = mw_eval.metalearning_evaluation(
-                    agent, counter, num_evals=self.num_evals,
-                    adaptation_episodes=self.adaptation_episodes,
-                    evaluation_episodes=self.evaluation_episodes)
+                # One protocol call per round: the same sequence of calls as num_evals rounds in
+                # one (each round samples tasks, init()s, adapts, evaluates), and the per-round
+                # success that metalearning_evaluation averages away is kept.
+                for _ in range(self.num_evals):
+                    rounds.append(mw_eval.metalearning_evaluation(
+                        agent, counter, num_evals=1,
+                        adaptation_episodes=self.adaptation_episodes,
+                        evaluation_episodes=self.evaluation_episodes))
             else:
-                success, ret, per_task, _ = mw_eval.evaluation(agent, counter, self.mt_episodes)
-        return EvalResult(self.info.name, self.split, float(success), float(ret),
-                          {k: float(v) for k, v in sorted(per_task.items())}, counter.steps,
-                          time.perf_counter() - start)
+                rounds.append(mw_eval.evaluation(agent, counter, self.mt_episodes)[:3])
+        tasks = sorted(rounds[0][2])
+        per_task_rounds = {t: [float(r[2][t]) for r in rounds] for t in tasks}
+        return EvalResult(
+            self.info.name, self.split,
+            success_rate=float(np.mean([r[0] for r in rounds])),
+            mean_return=float(np.mean([r[1] for r in rounds])),
+            per_task={t: float(np.mean(v)) for t, v in per_task_rounds.items()},
+            env_steps=counter.steps, seconds=time.perf_counter() - start,
+            per_round=[float(r[0]) for r in rounds], per_task_rounds=per_task_rounds)
 
     def close(self) -> None:
         self.envs.close()

@@ -1,0 +1,112 @@
+"""`python -m metarl_lightning.report`: runs grouped by config without seed, the right mean over
+seeds, bootstrap CIs that could fail, curves against env steps; W&B identity from the same key."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from metarl_lightning.loggers import build_loggers, config_group, run_name
+from metarl_lightning.report import aggregate, bootstrap_band, load_runs
+from metarl_lightning.report import main as report_main
+from tests.conftest import ROOT, compose_cfg
+from train import train
+
+
+def _last_val(run_dir) -> float:
+    with open(run_dir / "csv" / "metrics.csv") as f:
+        return [float(r["val/success_rate"]) for r in csv.DictReader(f) if r.get("val/success_rate")][-1]
+
+
+def _fake_eval(out_dir, run_dir, success: float, per_task: dict) -> None:
+    out_dir.mkdir(parents=True)
+    (out_dir / "eval.json").write_text(json.dumps({
+        "benchmark": "ML1", "split": "test", "success_rate": success, "per_task": per_task,
+        "env_steps_trained": 80, "ckpt_path": str(run_dir / "checkpoints" / "last.ckpt")}))
+
+
+def test_report_over_two_tiny_runs_gives_the_right_mean(tiny_cfg, tmp_path):
+    runs = tmp_path / "outputs"
+    for seed in (1, 2):
+        run_dir = runs / f"seed{seed}"
+        cfg = tiny_cfg(f"seed={seed}", out=run_dir)
+        train(cfg)
+        (run_dir / ".hydra").mkdir()  # what Hydra writes next to every run
+        OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
+    other = runs / "other_lr"  # a different config: its own group
+    cfg = tiny_cfg("algorithm.inner_lr=0.05", out=other)
+    train(cfg)
+    (other / ".hydra").mkdir()
+    OmegaConf.save(cfg, other / ".hydra" / "config.yaml")
+
+    # the callback's final meta-test (no evaluate.py yet)
+    results = report_main([str(runs / "seed*"), str(other), "--out", str(tmp_path / "r1")])
+    assert len(results) == 2
+    group = next(g for g, r in results.items() if r["seeds"] == [1, 2])
+    vals = [_last_val(runs / "seed1"), _last_val(runs / "seed2")]
+    assert results[group]["source"] == "val"
+    assert results[group]["mean"] == pytest.approx(np.mean(vals))
+    assert (tmp_path / "r1" / "curves.png").stat().st_size > 5000
+    assert group in (tmp_path / "r1" / "report.md").read_text()
+
+    # evaluate.py results of both seeds take over as the score, matched through ckpt_path
+    _fake_eval(tmp_path / "eval1", runs / "seed1", 0.25, {"reach-v3": 0.25})
+    _fake_eval(tmp_path / "eval2", runs / "seed2", 0.75, {"reach-v3": 0.75})
+    proc = subprocess.run([sys.executable, "-m", "metarl_lightning.report", str(runs / "seed*"),
+                           str(tmp_path / "eval*"), "--out", str(tmp_path / "r2")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    row = next(ln for ln in proc.stdout.splitlines() if ln.startswith(f"| {group} | eval"))
+    assert "s1: 0.250, s2: 0.750" in row and "**0.500**" in row
+
+
+def test_config_group_ignores_the_seed_only(tmp_path):
+    a, b = compose_cfg(["seed=1"], tmp_path), compose_cfg(["seed=2"], tmp_path)
+    c = compose_cfg(["seed=1", "algorithm.inner_lr=0.05"], tmp_path)
+    d = compose_cfg(["seed=1", "data.num_workers=3", "logger=many"], tmp_path)  # not results
+    assert config_group(a) == config_group(b) == config_group(d) != config_group(c)
+    assert config_group(a).startswith("train/maml_ppo/ML1-reach-v3/")
+    assert run_name(a) == "train/maml_ppo/ML1-reach-v3/s1" != run_name(b)
+
+
+def test_wandb_logger_gets_name_group_tags_and_resumes_the_run_id(tmp_path):
+    cfg = compose_cfg(["logger=wandb", "logger.wandb.entity=me", "logger.wandb.job_type=sweep",
+                       "tags=[mine]"], tmp_path)
+    (logger,) = build_loggers(cfg)
+    init = logger._wandb_init
+    assert init["name"] == run_name(cfg) and init["group"] == config_group(cfg)
+    assert init["entity"] == "me" and init["job_type"] == "sweep"
+    assert init["tags"] == ["mine", "train", "maml_ppo", "ML1-reach-v3"]
+    (resumed,) = build_loggers(cfg, {"wandb_run_id": "abc123"})
+    assert resumed._wandb_init["id"] == "abc123" and resumed._wandb_init["resume"] == "allow"
+
+
+def test_bootstrap_band_brackets_the_mean():
+    lo, hi = bootstrap_band(np.full((4, 3), 0.5))
+    assert np.allclose(lo, 0.5) and np.allclose(hi, 0.5) and lo.shape == (3,)
+    lo, hi = bootstrap_band(np.array([[0.0], [1.0]]), reps=4000)
+    assert lo[0] == 0.0 and hi[0] == 1.0  # 2 seeds: resamples of both 0s and both 1s happen
+    lo, hi = bootstrap_band(np.array([[0.0], [0.2], [0.4], [0.6], [0.8]]), reps=4000)
+    assert 0.1 < lo[0] < 0.4 < hi[0] < 0.7
+
+
+def test_aggregate_mean_iqm_and_ci():
+    scores = np.array([[0.0, 1.0], [0.5, 0.5], [1.0, 1.0], [0.2, 0.2]])  # (runs, tasks)
+    agg = aggregate(scores, reps=2000)
+    assert agg["mean"] == pytest.approx(scores.mean())
+    # IQM of the 8 values sorted (0, .2, .2, .5, .5, 1, 1, 1): the middle 4 -> (.2+.5+.5+1)/4
+    assert agg["iqm"] == pytest.approx(0.55)
+    assert agg["mean_ci"][0] < agg["mean"] < agg["mean_ci"][1]
+    assert aggregate(scores[:1])["mean_ci"] is None  # one run: no CI
+
+
+def test_report_rejects_paths_without_runs(tmp_path):
+    with pytest.raises(SystemExit, match="no train.py run dirs"):
+        report_main([str(tmp_path)])
+    assert load_runs([str(tmp_path)]) == []
