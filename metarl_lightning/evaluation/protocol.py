@@ -17,6 +17,7 @@ import metaworld.evaluation as mw_eval
 from metarl_lightning import envs as mw
 from metarl_lightning.data.collector import single_threaded_torch
 from metarl_lightning.envs import make_vector_env
+from metarl_lightning.envs.vector import EVAL_INFO_KEYS
 from metarl_lightning.evaluation.adapter import MetaLearnerAgent
 from metarl_lightning.types import MetaLearner
 
@@ -65,7 +66,9 @@ class Evaluator:
             task_select="random" if self.info.kind == "mt" else "pseudorandom",
             reward_function_version=reward_function_version,
         )
-        self.envs: gym.vector.VectorEnv = make_vector_env(fns, vector_strategy, num_workers)
+        # only the info keys the protocol reads come back from the env workers (issue 12)
+        self.envs: gym.vector.VectorEnv = make_vector_env(fns, vector_strategy, num_workers,
+                                                          info_keys=EVAL_INFO_KEYS)
 
     def run(self, learner: MetaLearner) -> EvalResult:
         start = time.perf_counter()
