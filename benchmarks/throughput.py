@@ -5,6 +5,11 @@ off) on MT10 and ML10 with their ratios to both, the rollout workers' wait share
 meta-update's share of an iteration, and peak RSS of all processes (MT50 with --mt50).
 
     python benchmarks/throughput.py [--seconds 8] [--iterations 7] [--mt50] [--repeats 3]
+                                    [--eval [--eval-rounds 10]]
+
+--eval times the full ML10 protocol evaluation (10 rounds of 10 adaptation + 3 evaluation
+episodes, untrained MAML policy) with every info key sent back by the env workers (as before
+issue 12) and with only those the protocol reads.
 """
 
 from __future__ import annotations
@@ -135,6 +140,23 @@ def mt10_fns() -> tuple[list, list[str]]:
     return fns, list(info.train_classes)
 
 
+def eval_run(rounds: int, info_keys) -> float:
+    """Seconds for the ML10 protocol evaluation of an untrained MAML-PPO policy."""
+    from hydra import compose, initialize_config_dir
+
+    from metarl_lightning.build import benchmark_info, build_module
+    from metarl_lightning.evaluation.protocol import Evaluator
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["benchmark=ml10"])
+    module = build_module(cfg, benchmark_info(cfg))
+    ev = Evaluator("ML10", None, False, "test", seed=1, num_evals=rounds, info_keys=info_keys)
+    try:
+        return ev.run(module).seconds
+    finally:
+        ev.close()
+
+
 def once(args) -> dict:
     cpus = len(os.sched_getaffinity(0))
     res = {}
@@ -158,6 +180,14 @@ def once(args) -> dict:
         print(f"{'  meta-update share of an iteration':<44s} {r['update_share']:>8.1%}"
               "   (target <= 10%)")
         print(f"{'  peak RSS, all processes':<44s} {r['peak_rss_mb']:>8,.0f} MB", flush=True)
+    if args.eval:
+        from metarl_lightning.envs.vector import EVAL_INFO_KEYS
+
+        before, after = eval_run(args.eval_rounds, None), eval_run(args.eval_rounds, EVAL_INFO_KEYS)
+        res["eval_speedup"] = before / after
+        print(f"{'ML10 protocol eval, all info keys':<44s} {before:>8.1f} s ({args.eval_rounds} rounds)")
+        print(f"{'ML10 protocol eval, protocol keys only':<44s} {after:>8.1f} s   "
+              f"{before / after:.2f}x faster (target >= 1.5x)", flush=True)
     if args.mt50:
         res["mt50"] = train_run("mt50", 2, args.overrides)
         print(f"{'peak RSS, all processes, MT50':<44s} {res['mt50']['peak_rss_mb']:>8,.0f} MB"
@@ -171,6 +201,8 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=7, help="first one is warm-up")
     ap.add_argument("--mt50", action="store_true", help="also measure MT50 peak RSS (slow)")
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--eval", action="store_true", help="time the ML10 protocol evaluation")
+    ap.add_argument("--eval-rounds", type=int, default=10)
     ap.add_argument("overrides", nargs="*", help="extra train.py overrides")
     args = ap.parse_args()
     print(f"{len(os.sched_getaffinity(0))} usable CPUs; effective parallel CPUs now: "

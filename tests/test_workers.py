@@ -68,6 +68,8 @@ def test_workers_give_the_same_meta_batches_as_the_in_process_path(tmp_path, met
             a, b = ref.collector.collect(module), workers.collector.collect(module)
             _assert_batches_equal(a, b)
             assert a.support.rewards.abs().sum() > 0  # the envs did step
+            assert b.support.advantages is None  # raw experience: GAE is training_step's
+            assert 0.0 <= b.stats["worker_wait_share"] < 1.0 and len(workers.envs.last_busy) == 2
             with torch.no_grad():  # the next iteration samples with other parameters
                 for p in module.parameters():
                     p.add_(0.01 * torch.randn_like(p))

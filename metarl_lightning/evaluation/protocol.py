@@ -47,7 +47,8 @@ class Evaluator:
                  num_evals: int = 10, adaptation_episodes: int = 10, evaluation_episodes: int = 3,
                  mt_episodes: int = 50, deterministic: bool = True,
                  reward_function_version: str = "v2", num_workers: int | None = None,
-                 vector_strategy: str = "process", recurrent_info_in_obs: bool = False):
+                 vector_strategy: str = "process", recurrent_info_in_obs: bool = False,
+                 info_keys: tuple[str, ...] | None = EVAL_INFO_KEYS):
         self.info = mw.describe(benchmark, env_name, use_one_hot, recurrent_info_in_obs)
         if self.info.kind == "mt":
             split = "train"  # MT has no test split: the protocol evaluates the training tasks
@@ -66,9 +67,10 @@ class Evaluator:
             task_select="random" if self.info.kind == "mt" else "pseudorandom",
             reward_function_version=reward_function_version,
         )
-        # only the info keys the protocol reads come back from the env workers (issue 12)
+        # only the info keys the protocol reads come back from the env workers (issue 12;
+        # None: all of them, for benchmarks/throughput.py --eval)
         self.envs: gym.vector.VectorEnv = make_vector_env(fns, vector_strategy, num_workers,
-                                                          info_keys=EVAL_INFO_KEYS)
+                                                          info_keys=info_keys)
 
     def run(self, learner: MetaLearner) -> EvalResult:
         start = time.perf_counter()
