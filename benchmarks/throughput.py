@@ -104,6 +104,7 @@ def _no_ipc_worker(fns, seconds: float, start, out) -> None:
     rng = np.random.default_rng(0)
     actions = rng.uniform(-1, 1, (256, 4)).astype(np.float32)
     for env in envs:
+        env.get_wrapper_attr("sample_tasks")()  # pseudorandom task select: a task first
         env.reset()
     start.wait()
     steps, end = 0, time.perf_counter() + seconds
