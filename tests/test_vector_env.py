@@ -290,6 +290,8 @@ def test_info_keys_send_back_only_what_the_protocol_reads():
     sync = SyncVectorEnv(fns, autoreset_mode=SAME_STEP)
     proc = ProcessVectorEnv(fns, num_workers=2, step_timeout=60, info_keys=EVAL_INFO_KEYS)
     try:
+        proc.call("sample_tasks")
+        sync.call("sample_tasks")
         proc.reset(seed=3)
         sync.reset(seed=3)
         rng = np.random.default_rng(0)
