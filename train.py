@@ -64,7 +64,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
         episodes_per_task=cfg.algorithm.episodes_per_task, max_episode_steps=b.max_episode_steps,
         use_one_hot=b.use_one_hot, reward_function_version=b.reward_function_version,
         seed=cfg.seed, num_workers=cfg.data.num_workers, vector_strategy=cfg.data.vector_strategy,
-        env_restarts=cfg.data.env_restarts,
+        env_restarts=cfg.data.env_restarts, collector=cfg.data.collector,
         recurrent_info_in_obs=recurrent_info_in_obs(cfg), fast_step=b.fast_step,
     )
     module = build_module(cfg, datamodule.info)  # policy sizes from the benchmark

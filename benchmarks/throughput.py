@@ -1,14 +1,22 @@
-"""End-to-end throughput on this machine, in one run: gymnasium's vector envs vs ours, training
-env-steps/s (collection + adaptation + update) on MT10, the meta-update's share of an iteration,
-and peak RSS of all processes (optionally for MT50).
+"""End-to-end throughput on this machine, in one run: `make_vec` sync, the no-communication limit
+(N processes each stepping their share of the same MT10 envs, random actions, no IPC), training
+env-steps/s (collection + adaptation + update, marginal rate after warm-up, meta-test callback
+off) on MT10 and ML10 with their ratios to both, the rollout workers' wait share, the
+meta-update's share of an iteration, and peak RSS of all processes (MT50 with --mt50).
 
-    python benchmarks/throughput.py [--seconds 8] [--iterations 6] [--mt50]
+    python benchmarks/throughput.py [--seconds 8] [--iterations 7] [--mt50] [--repeats 3]
+                                    [--eval [--eval-rounds 10]]
+
+--eval times the full ML10 protocol evaluation (10 rounds of 10 adaptation + 3 evaluation
+episodes, untrained MAML policy) with every info key sent back by the env workers (as before
+issue 12) and with only those the protocol reads.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import multiprocessing as mp
 import os
 import sys
 import tempfile
@@ -21,9 +29,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import gymnasium as gym  # noqa: E402
-from throughput_envs import effective_cpus, measure, mt10_env_fns  # noqa: E402
+import numpy as np  # noqa: E402
+from throughput_envs import effective_cpus, measure  # noqa: E402
 
-from metarl_lightning.envs.vector import ProcessVectorEnv  # noqa: E402
+from metarl_lightning import envs as mw  # noqa: E402
+from metarl_lightning.data.balance import assign_slots, slot_costs  # noqa: E402
 
 
 def _rss_tree_mb(pid: int) -> float:
@@ -76,46 +86,140 @@ def train_run(benchmark: str, iterations: int, extra: list[str]) -> dict:
     wall = time.perf_counter() - start
     rss.running = False
     with open(Path(out) / "csv" / "metrics.csv") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("perf/env_steps_per_s")][1:]  # skip warm-up
+        rows = [r for r in csv.DictReader(f) if r.get("perf/env_steps_per_s")][1:]  # warm-up
     mean = lambda k: sum(float(r[k]) for r in rows) / len(rows)
-    return {"sps": mean("perf/env_steps_per_s"), "update_share": mean("perf/update_share"),
+    steps = float(rows[-1]["train/env_steps"]) - float(rows[0]["train/env_steps"])
+    seconds = sum(float(r["perf/iteration_time"]) for r in rows[1:])
+    return {"sps": steps / seconds,  # marginal: the env steps of iterations 2.. over their time
+            "update_share": mean("perf/update_share"),
+            "wait_share": mean("perf/worker_wait_share") if "perf/worker_wait_share" in rows[0]
+            else float("nan"),
             "iteration_s": mean("perf/iteration_time"), "peak_rss_mb": rss.peak, "wall_s": wall,
-            "iterations": len(rows)}
+            "iterations": len(rows) - 1}
+
+
+def _no_ipc_worker(fns, seconds: float, start, out) -> None:
+    """Step `fns`' envs in turn with random actions for `seconds`; report the step count."""
+    envs = [fn() for fn in fns]
+    rng = np.random.default_rng(0)
+    actions = rng.uniform(-1, 1, (256, 4)).astype(np.float32)
+    for env in envs:
+        env.get_wrapper_attr("sample_tasks")()  # pseudorandom task select: a task first
+        env.reset()
+    start.wait()
+    steps, end = 0, time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        for env in envs:
+            _, _, term, trunc, _ = env.step(actions[steps % 256])
+            if term or trunc:
+                env.reset()
+        steps += len(envs)
+    out.put(steps)
+
+
+def no_ipc_limit(fns: list, num_workers: int, seconds: float, classes: list[str]) -> float:
+    """N processes, each stepping its share (our cost-balanced one) of the envs with no
+    communication at all: the machine's ceiling for these envs."""
+    ctx = mp.get_context("spawn")
+    start, out = ctx.Event(), ctx.Queue()
+    groups = assign_slots(slot_costs(classes), num_workers)
+    procs = [ctx.Process(target=_no_ipc_worker, args=([fns[s] for s in g], seconds, start, out))
+             for g in groups]
+    for p in procs:
+        p.start()
+    time.sleep(0.5)
+    start.set()
+    total = sum(out.get() for _ in procs)
+    for p in procs:
+        p.join()
+    return total / seconds
+
+
+def mt10_fns() -> tuple[list, list[str]]:
+    info = mw.describe("MT10", None, True)
+    fns = mw.make_env_fns(info, split="train", meta_batch_size=10, benchmark_seed=1, env_seed=1)
+    return fns, list(info.train_classes)
+
+
+def eval_run(rounds: int, info_keys) -> float:
+    """Seconds for the ML10 protocol evaluation of an untrained MAML-PPO policy."""
+    from hydra import compose, initialize_config_dir
+
+    from metarl_lightning.build import benchmark_info, build_module
+    from metarl_lightning.evaluation.protocol import Evaluator
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["benchmark=ml10"])
+    module = build_module(cfg, benchmark_info(cfg))
+    ev = Evaluator("ML10", None, False, "test", seed=1, num_evals=rounds, info_keys=info_keys)
+    try:
+        return ev.run(module).seconds
+    finally:
+        ev.close()
+
+
+def once(args) -> dict:
+    cpus = len(os.sched_getaffinity(0))
+    res = {}
+    envs = gym.make_vec("Meta-World/MT10", vector_strategy="sync", seed=1)
+    try:
+        res["sync"] = measure(envs, args.seconds, 1.0, 1)
+    finally:
+        envs.close()
+    fns, classes = mt10_fns()
+    res["limit"] = no_ipc_limit(fns, cpus, args.seconds, classes)
+    print(f"{'make_vec sync (random actions)':<44s} {res['sync']:>8,.0f} env-steps/s", flush=True)
+    print(f"{'no-IPC limit, ' + str(cpus) + ' processes (random actions)':<44s} "
+          f"{res['limit']:>8,.0f} env-steps/s", flush=True)
+    for bench in ("mt10", "ml10"):
+        r = res[bench] = train_run(bench, args.iterations, args.overrides)
+        print(f"{'training ' + bench.upper() + ' end to end':<44s} {r['sps']:>8,.0f} env-steps/s "
+              f"({r['iterations']} iterations of {r['iteration_s']:.1f} s)")
+        print(f"{'  / no-IPC limit, / make_vec sync':<44s} {r['sps'] / res['limit']:>8.2f}x"
+              f" {r['sps'] / res['sync']:>6.2f}x   (target >= 0.85x of the limit)")
+        print(f"{'  rollout workers wait share':<44s} {r['wait_share']:>8.1%}")
+        print(f"{'  meta-update share of an iteration':<44s} {r['update_share']:>8.1%}"
+              "   (target <= 10%)")
+        print(f"{'  peak RSS, all processes':<44s} {r['peak_rss_mb']:>8,.0f} MB", flush=True)
+    if args.eval:
+        from metarl_lightning.envs.vector import EVAL_INFO_KEYS
+
+        before, after = eval_run(args.eval_rounds, None), eval_run(args.eval_rounds, EVAL_INFO_KEYS)
+        res["eval_speedup"] = before / after
+        print(f"{'ML10 protocol eval, all info keys':<44s} {before:>8.1f} s ({args.eval_rounds} rounds)")
+        print(f"{'ML10 protocol eval, protocol keys only':<44s} {after:>8.1f} s   "
+              f"{before / after:.2f}x faster (target >= 1.5x)", flush=True)
+    if args.mt50:
+        res["mt50"] = train_run("mt50", 2, args.overrides)
+        print(f"{'peak RSS, all processes, MT50':<44s} {res['mt50']['peak_rss_mb']:>8,.0f} MB"
+              "   (target <= 3 GB)", flush=True)
+    return res
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=8.0)
-    ap.add_argument("--iterations", type=int, default=6)
+    ap.add_argument("--iterations", type=int, default=7, help="first one is warm-up")
     ap.add_argument("--mt50", action="store_true", help="also measure MT50 peak RSS (slow)")
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--eval", action="store_true", help="time the ML10 protocol evaluation")
+    ap.add_argument("--eval-rounds", type=int, default=10)
     ap.add_argument("overrides", nargs="*", help="extra train.py overrides")
     args = ap.parse_args()
     print(f"{len(os.sched_getaffinity(0))} usable CPUs; effective parallel CPUs now: "
           f"{effective_cpus():.2f}", flush=True)
-    res = {}
-    for name, make in {
-        "make_vec sync": lambda: gym.make_vec("Meta-World/MT10", vector_strategy="sync", seed=1),
-        "make_vec async": lambda: gym.make_vec("Meta-World/MT10", vector_strategy="async", seed=1),
-        "ProcessVectorEnv": lambda: ProcessVectorEnv(mt10_env_fns(1)),
-    }.items():
-        envs = make()
-        try:
-            res[name] = measure(envs, args.seconds, 1.0, 1)
-        finally:
-            envs.close()
-        print(f"{name + ' (random actions)':<40s} {res[name]:>8,.0f} env-steps/s", flush=True)
-    mt10 = train_run("mt10", args.iterations, args.overrides)
-    print(f"{'training MT10 end to end':<40s} {mt10['sps']:>8,.0f} env-steps/s "
-          f"({mt10['iterations']} iterations of {mt10['iteration_s']:.1f} s)")
-    print(f"{'meta-update share of an iteration':<40s} {mt10['update_share']:>8.1%}")
-    print(f"{'peak RSS, all processes, MT10':<40s} {mt10['peak_rss_mb']:>8,.0f} MB")
-    if args.mt50:
-        mt50 = train_run("mt50", 2, args.overrides)
-        print(f"{'peak RSS, all processes, MT50':<40s} {mt50['peak_rss_mb']:>8,.0f} MB")
-    print(f"{'ratio training / make_vec sync':<40s} {mt10['sps'] / res['make_vec sync']:>8.2f}x"
-          "   (target >= 1.8x)")
-    print(f"{'ratio ProcessVectorEnv / make_vec sync':<40s} "
-          f"{res['ProcessVectorEnv'] / res['make_vec sync']:>8.2f}x")
+    runs = []
+    for i in range(args.repeats):
+        if args.repeats > 1:
+            print(f"--- run {i + 1} of {args.repeats}", flush=True)
+        runs.append(once(args))
+    if args.repeats > 1:
+        print(f"--- range over {args.repeats} runs (min - max)")
+        for b in ("mt10", "ml10"):
+            for what, f in (("/ no-IPC limit", lambda r, b=b: r[b]["sps"] / r["limit"]),
+                            ("/ make_vec sync", lambda r, b=b: r[b]["sps"] / r["sync"])):
+                v = [f(r) for r in runs]
+                print(f"{'training ' + b.upper() + ' ' + what:<44s} {min(v):.2f}x - {max(v):.2f}x")
 
 
 if __name__ == "__main__":

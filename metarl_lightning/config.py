@@ -153,7 +153,8 @@ class TrainerConfig:
 @dataclass
 class DataConfig:
     num_workers: int | None = None  # env worker processes; None = one per available core
-    vector_strategy: str = "process"  # process | sync | async
+    collector: str = "workers"  # workers: whole phases in rollout workers | vector: reference
+    vector_strategy: str = "process"  # collector=vector's env: process | sync | async
     env_restarts: int = 0  # rebuild the envs up to N times after a worker dies/raises; 0 = stop
 
 

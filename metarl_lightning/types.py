@@ -21,8 +21,9 @@ class Rollout(NamedTuple):
     rewards: torch.Tensor  # (T, N) raw env rewards
     terminated: torch.Tensor  # (T, N) float, true termination (no bootstrap)
     dones: torch.Tensor  # (T, N) float, episode ended (terminated or truncated)
-    advantages: torch.Tensor  # (T, N) GAE, filled by the learner
-    returns: torch.Tensor  # (T, N) value targets, filled by the learner
+    # Filled by the learner's `process_rollout` in training_step (None in collected experience)
+    advantages: torch.Tensor | None = None  # (T, N) GAE
+    returns: torch.Tensor | None = None  # (T, N) value targets
 
 
 class MetaBatch(NamedTuple):
@@ -48,6 +49,11 @@ class MetaLearner(Protocol):
 
     def sampling_params(self, num_tasks: int) -> Params: ...
 
+    def sampler(self):
+        """The policy module + act maths as a picklable `algorithms.sampling.Sampler` over the
+        live policy; rollout workers get a CPU copy of it."""
+        ...
+
     def initial_state(self, num_envs: int) -> State:
         """State at the start of a trial, (E, ...). Called when new tasks are drawn, never at the
         episode boundaries inside a trial. None for feed-forward policies."""
@@ -64,7 +70,9 @@ class MetaLearner(Protocol):
         ...
 
     def process_rollout(self, rollout: Rollout) -> Rollout:
-        """Fill advantages and returns (critic + GAE)."""
+        """Fill advantages and returns (critic + GAE), on the learner's device."""
         ...
 
-    def adapt_for_sampling(self, params: Params, support: Rollout) -> Params: ...
+    def adapt_for_sampling(self, params: Params, support: Rollout) -> Params:
+        """Adapted per-task parameters from raw support experience (computes its advantages)."""
+        ...

@@ -15,8 +15,9 @@ import torch
 from metarl_lightning import config as schema
 from metarl_lightning import envs as mw
 from metarl_lightning.algorithms import RL2PPO
+from metarl_lightning.algorithms.sampling import slot_generators
 from metarl_lightning.checkpoints import load_run
-from metarl_lightning.data import RolloutCollector
+from metarl_lightning.data.collector import RolloutCollector, VectorStepper
 from metarl_lightning.evaluation import Evaluator
 from metarl_lightning.policies import GRUActorCritic, MultiHeadActorCritic
 from metarl_lightning.policies.distributions import tanh_gaussian_log_prob
@@ -83,6 +84,16 @@ class Recorder:
         self.seen.append(("mean", state.clone(), obs.clone()))
         return self.learner.mean_action(params, obs, state)
 
+    def sampler(self):  # what the collector calls: the sampler's act, recorded
+        inner, seen = self.learner.sampler(), self.seen
+
+        class Recording(type(inner)):
+            def act(self, params, obs, state, noise):
+                seen.append(("act", state.clone(), obs.clone()))
+                return inner.act(params, obs, state, noise)
+
+        return Recording(inner.module)
+
 
 def _rl2(obs_dim, seed=0):
     torch.manual_seed(seed)
@@ -104,7 +115,8 @@ def test_rl2_state_resets_at_trial_boundaries_not_between_episodes():
     module = _rl2(info.obs_dim)
     rec = Recorder(module)
     try:
-        collector = RolloutCollector(envs, episodes_per_task=K, max_episode_steps=H)
+        collector = RolloutCollector(VectorStepper(envs, [[0, 1]], K * H),
+                                     slot_generators(1, [0, 1]), K, H)
         first = collector.collect(rec)
         calls_first, rec.seen = rec.seen, []
         collector.collect(rec)  # the next trial: new tasks

@@ -15,7 +15,7 @@ import pytest
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 from metaworld import _init_each_env  # the private builder metaworld.make_ml_envs uses
 
-from metarl_lightning.envs.vector import ProcessVectorEnv, merge_infos
+from metarl_lightning.envs.vector import EVAL_INFO_KEYS, ProcessVectorEnv, keep_infos, merge_infos
 
 SAME_STEP = AutoresetMode.SAME_STEP
 
@@ -290,3 +290,33 @@ def test_close_releases_processes_and_fds():
     assert len(os.listdir("/proc/self/fd")) == fds
 
 
+
+
+def test_info_keys_send_back_only_what_the_protocol_reads():
+    infos = {"success": np.ones(2), "_success": np.ones(2, bool), "near_object": np.zeros(2),
+             "_near_object": np.ones(2, bool), "final_obs": np.array([None, None]),
+             "final_info": {"success": np.ones(2), "_success": np.ones(2, bool),
+                            "grasp_reward": np.zeros(2), "episode": {"r": np.ones(2)}}}
+    kept = keep_infos(infos, EVAL_INFO_KEYS)
+    assert set(kept) == {"success", "_success", "final_obs", "final_info"}
+    assert set(kept["final_info"]) == {"success", "_success", "episode"}
+    assert keep_infos(infos, None) is infos
+    fns = reach_fns()
+    sync = SyncVectorEnv(fns, autoreset_mode=SAME_STEP)
+    proc = ProcessVectorEnv(fns, num_workers=2, step_timeout=60, info_keys=EVAL_INFO_KEYS)
+    try:
+        proc.call("sample_tasks")
+        sync.call("sample_tasks")
+        proc.reset(seed=3)
+        sync.reset(seed=3)
+        rng = np.random.default_rng(0)
+        for step in range(15):  # episodes of 7, 10, 5 and 13 steps end in between
+            actions = rng.uniform(-1, 1, size=(4, 4))
+            *p_rest, p_info = proc.step(actions)
+            *s_rest, s_info = sync.step(actions)
+            assert_tree_equal(tuple(p_rest), tuple(s_rest), f"step {step}")
+            assert_tree_equal(strip_wall_clock(p_info),
+                              strip_wall_clock(keep_infos(s_info, EVAL_INFO_KEYS)), f"step {step}")
+    finally:
+        proc.close()
+        sync.close()

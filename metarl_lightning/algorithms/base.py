@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from metarl_lightning.algorithms import functional as F
+from metarl_lightning.algorithms.sampling import ActorSampler, Sampler
 from metarl_lightning.data.collector import single_threaded_torch
 from metarl_lightning.policies.distributions import gaussian_entropy
 from metarl_lightning.runlog import per_task_success
@@ -50,6 +51,9 @@ class MetaRLModule(L.LightningModule):
     def initial_state(self, num_envs: int) -> State:
         return None  # feed-forward
 
+    def sampler(self) -> Sampler:
+        return ActorSampler(self.policy.actor)  # feed-forward actor; RL² overrides
+
     def adapt_for_sampling(self, params: Params, support: Rollout) -> Params:
         raise NotImplementedError(f"{type(self).__name__} has no inner loop (inner_loop=False)")
 
@@ -57,11 +61,11 @@ class MetaRLModule(L.LightningModule):
     def process_rollout(self, rollout: Rollout) -> Rollout:
         """GAE with a feed-forward critic `policy.value(obs)`, bootstrapped from V(final obs) at
         time-limit truncation (see functional.gae)."""
-        r = rollout._replace(**{k: v.to(self.device) for k, v in rollout._asdict().items()})
+        r = to_device(rollout, self.device)
         values, next_values = self.policy.value(r.obs), self.policy.value(r.next_obs)
         adv = F.gae(r.rewards * self.hparams.reward_scale, values, next_values, r.terminated,
                     r.dones, self.hparams.gamma, self.hparams.gae_lambda)
-        return rollout._replace(advantages=adv.cpu(), returns=(adv + values).cpu())
+        return r._replace(advantages=adv, returns=adv + values)
 
     # --- one gradient step ------------------------------------------------------------------------
     def _update(self, opt: Any, loss: torch.Tensor, last: bool) -> torch.Tensor | None:
@@ -150,6 +154,8 @@ class MetaRLModule(L.LightningModule):
         })
         for k in ("return_pre", "return_post", "success_pre", "success_post"):
             log[f"train/{k}"] = batch.stats[k]
+        if "worker_wait_share" in batch.stats:  # fastest rollout worker's wait for the slowest
+            log["perf/worker_wait_share"] = batch.stats["worker_wait_share"]
         log["perf/env_steps_per_s"] = steps / max(iter_time, 1e-9)
         if world > 1:  # mean over ranks (equal task shares): one collective for all keys
             values = self.trainer.strategy.reduce(
@@ -182,6 +188,12 @@ class MetaRLModule(L.LightningModule):
         self.env_steps = int(checkpoint.get("env_steps", 0))
         if "rng_states" in checkpoint:
             set_rng_states(checkpoint["rng_states"])
+
+
+def to_device(rollout: Rollout, device: torch.device) -> Rollout:
+    """The rollout's tensors on `device` (no copy if already there; None fields stay None)."""
+    return rollout._replace(**{k: v.to(device) for k, v in rollout._asdict().items()
+                               if v is not None})
 
 
 def minibatches(n: int, num_minibatches: int, device: torch.device) -> tuple[torch.Tensor, ...]:

@@ -15,7 +15,7 @@ from torch import nn
 from torch.func import vmap
 
 from metarl_lightning.algorithms import functional as F
-from metarl_lightning.algorithms.base import MetaRLModule
+from metarl_lightning.algorithms.base import MetaRLModule, to_device
 from metarl_lightning.policies import ActorCritic
 from metarl_lightning.policies.distributions import gaussian_entropy, sample_tanh_gaussian, squash
 from metarl_lightning.types import Params, Rollout, State
@@ -103,7 +103,9 @@ class MAMLPPO(MetaRLModule):
     def adapt_for_sampling(self, params: Params, support: Rollout) -> Params:
         # Sampling needs the adapted policy only, not the outer graph: first order, detached.
         shared = {k: p[0] for k, p in params.items()}
-        support = support._replace(**{k: v.to(self.device) for k, v in support._asdict().items()})
+        # raw experience: the critic's GAE first
+        support = (self.process_rollout(support) if support.advantages is None
+                   else to_device(support, self.device))
         with torch.enable_grad():
             adapted = self.adapt(shared, support, first_order=True)
         return {k: v.detach() for k, v in adapted.items()}
@@ -118,7 +120,8 @@ class MAMLPPO(MetaRLModule):
         batch = self.trainer.strategy.batch_to_device(batch)
         start = time.perf_counter()
         opt, sched = self.optimizers(), self.lr_schedulers()
-        support, query = batch.support, batch.query
+        # advantages with the current critic (the batch was collected with these parameters)
+        support, query = self.process_rollout(batch.support), self.process_rollout(batch.query)
         q_adv = F.normalize(query.advantages, dim=-1)
         returns = torch.cat([support.returns, query.returns], 1)
         all_obs = torch.cat([support.obs, query.obs], 1)

@@ -74,7 +74,7 @@ class MTPPO(MetaRLModule):
         batch = self.trainer.strategy.batch_to_device(batch)
         start = time.perf_counter()
         opt, sched = self.optimizers(), self.lr_schedulers()
-        data = batch.support  # one phase: (T, N) per field
+        data = self.process_rollout(batch.support)  # one phase: (T, N) per field
         flat = {k: v.flatten(0, 1) for k, v in data._asdict().items()}  # (T*N, ...)
         actor = self.policy.actor
 

@@ -19,7 +19,8 @@ from collections.abc import Callable, Iterator
 import torch
 
 from metarl_lightning.algorithms import functional as F
-from metarl_lightning.algorithms.base import MetaRLModule
+from metarl_lightning.algorithms.base import MetaRLModule, to_device
+from metarl_lightning.algorithms.sampling import RecurrentSampler
 from metarl_lightning.policies import GRUActorCritic
 from metarl_lightning.policies.distributions import (
     sample_tanh_gaussian,
@@ -57,6 +58,9 @@ class RL2PPO(MetaRLModule):
         self.policy = policy
 
     # --- MetaLearner protocol ---------------------------------------------------------------
+    def sampler(self) -> RecurrentSampler:
+        return RecurrentSampler(self.policy)
+
     def initial_state(self, num_envs: int) -> State:
         return self.policy.initial_state(num_envs).to(self.device)  # zeros: a new trial
 
@@ -87,14 +91,14 @@ class RL2PPO(MetaRLModule):
         returns run across the episode boundaries inside it (the next value there is that of the
         next episode's first observation, which the policy sees next), and only the trial's end
         is terminal. `rollout` holds exactly one trial per task: (T, episodes * H)."""
-        r = rollout._replace(**{k: v.to(self.device) for k, v in rollout._asdict().items()})
+        r = to_device(rollout, self.device)
         _, _, values = self.unroll(r.obs)  # (T, N)
         next_values = torch.cat([values[:, 1:], torch.zeros_like(values[:, :1])], 1)
         trial_end = torch.zeros_like(values)
         trial_end[:, -1] = 1.0
         adv = F.gae(r.rewards * self.hparams.reward_scale, values, next_values, trial_end,
                     trial_end, self.hparams.gamma, self.hparams.gae_lambda)
-        return rollout._replace(advantages=adv.cpu(), returns=(adv + values).cpu())
+        return r._replace(advantages=adv, returns=adv + values)
 
     # --- training ----------------------------------------------------------------------------
     def training_step(self, dataloader_iter: Iterator) -> None:
@@ -103,7 +107,7 @@ class RL2PPO(MetaRLModule):
         batch = self.trainer.strategy.batch_to_device(batch)
         start = time.perf_counter()
         opt, sched = self.optimizers(), self.lr_schedulers()
-        trials = batch.support  # one phase: (T, N) per field, one trial per task slot
+        trials = self.process_rollout(batch.support)  # one phase: (T, N), one trial per slot
 
         def forward(idx: torch.Tensor):  # idx: a minibatch of whole trials
             mean, log_std, values = self.unroll(trials.obs[idx])  # (B, N, ...)

@@ -1,41 +1,53 @@
 """Rollout collection for one meta-iteration. Inner-loop learners (MAML): support episodes with
 the meta-policy, inner-loop adaptation, then query episodes with the adapted policy. Other
 learners (RL², MT-PPO): one phase of `episodes_per_task` episodes per task. Envs are re-tasked,
-never rebuilt."""
+never rebuilt.
+
+Two steppers run a phase: `WorkerStepper` (default, `data.collector=workers`): rollout worker
+processes that run whole phases with the policy inside them (data/workers.py); `VectorStepper`
+(`data.collector=vector`): a vector env stepped from this process, one vector step at a time,
+the reference the worker path is tested against (identical rollouts for a fixed seed).
+
+The stream yields raw experience: advantages and returns are computed in `training_step`.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import time
+from typing import TYPE_CHECKING
 
 import gymnasium as gym
 import numpy as np
 import torch
 
-from metarl_lightning.types import MetaBatch, MetaLearner, Params, Rollout, State
+from metarl_lightning.types import MetaBatch, MetaLearner, Params, Rollout
+
+if TYPE_CHECKING:
+    from metarl_lightning.algorithms.sampling import Sampler
+
+FIELDS = ("obs", "next_obs", "raw_actions", "log_probs", "rewards", "terminated", "dones",
+          "success")
 
 
 class RolloutCollector:
-    """Steps a vector env holding one sub-env per task slot of the meta-batch.
+    """One trial per task slot per `collect`: new tasks are drawn and the learner's recurrent
+    state (RL²; None for feed-forward policies) starts afresh; it runs on through every step of
+    the trial, across its episode boundaries (and from support into query).
 
     Training envs never terminate on success, so every episode lasts exactly
-    `max_episode_steps` and all task slots stay in lockstep: a task's N = episodes * H steps
-    are contiguous, episode k occupying steps [k*H, (k+1)*H).
+    `max_episode_steps` and a task's N = episodes * H steps are contiguous, episode k occupying
+    steps [k*H, (k+1)*H).
 
-    Each `collect` is one trial per task slot: new tasks are drawn, the learner's recurrent
-    state (RL²; None for feed-forward policies) starts from `initial_state` and is carried
-    through every step of the trial, across its episode boundaries (and from support into
-    query). It is reset only here, when the next trial's tasks are drawn.
+    `generators`: one torch.Generator per task slot for the action noise (checkpointed by the
+    DataModule), so a slot's noise does not depend on which process steps it.
     """
 
-    def __init__(self, envs: gym.vector.VectorEnv, episodes_per_task: int,
+    def __init__(self, stepper, generators: list[torch.Generator], episodes_per_task: int,
                  max_episode_steps: int):
-        self.envs = envs
-        self.episodes = episodes_per_task
-        self.horizon = max_episode_steps
-        self.num_tasks = envs.num_envs
-        self.obs_dim = int(np.prod(envs.single_observation_space.shape))
-        self.act_dim = int(np.prod(envs.single_action_space.shape))
+        self.stepper, self.generators = stepper, generators
+        self.episodes, self.horizon = episodes_per_task, max_episode_steps
+        self.num_tasks = len(generators)
 
     def collect(self, learner: MetaLearner) -> MetaBatch:
         with single_threaded_torch():
@@ -43,77 +55,122 @@ class RolloutCollector:
 
     def _collect(self, learner: MetaLearner) -> MetaBatch:
         start = time.perf_counter()
-        # Re-task: each sub-env moves to its next goal (Meta-World's pseudorandom cycle).
-        self.envs.call("sample_tasks")
-        obs, _ = self.envs.reset()
-        params = learner.sampling_params(self.num_tasks)
-        state = learner.initial_state(self.num_tasks)  # a new trial: the only reset
-        support, obs, state, ret_pre, succ_pre = self._run(learner, params, obs, state)
-        support = learner.process_rollout(support)
+        T, K, H = self.num_tasks, self.episodes, self.horizon
+        sampler = learner.sampler()
+        support = self.stepper.run(sampler, None, self.generators, True, H)
+        waits = [getattr(self.stepper, "last_wait_share", 0.0)]
+        ret_pre = support.rewards.reshape(T, K, H).sum(-1)  # (T, K)
+        succ_pre = support_success = self.stepper.success.reshape(T, K, H).amax(-1)
+        query = None
         if learner.inner_loop:
-            adapted = learner.adapt_for_sampling(params, support)
-            query, obs, state, ret_post, succ_post = self._run(learner, adapted, obs, state)
-            query = learner.process_rollout(query)
+            # adapt_for_sampling computes the support advantages it needs itself
+            adapted = learner.adapt_for_sampling(learner.sampling_params(T), support)
+            query = self.stepper.run(sampler, adapted, self.generators, False, H)
+            waits.append(getattr(self.stepper, "last_wait_share", 0.0))
+            ret_post = query.rewards.reshape(T, K, H).sum(-1)
+            succ_post = self.stepper.success.reshape(T, K, H).amax(-1)
         else:
             # One phase: "pre" is each trial's first episode, "post" its last (RL² adapts in
             # between, in its hidden state; for MT-PPO both are the same policy).
-            query, ret_post, succ_post = None, ret_pre[:, -1], succ_pre[:, -1]
+            ret_post, succ_post = ret_pre[:, -1], support_success[:, -1]
             ret_pre, succ_pre = ret_pre[:, 0], succ_pre[:, 0]
         phases = 2 if learner.inner_loop else 1
-        steps = phases * self.num_tasks * self.episodes * self.horizon
-        elapsed = time.perf_counter() - start
         stats = {
             "return_pre": float(ret_pre.mean()), "return_post": float(ret_post.mean()),
             "success_pre": float(succ_pre.mean()), "success_post": float(succ_post.mean()),
-            "env_steps": float(steps), "collect_time": elapsed,
-            # (T,): per-task logging (algorithms/base.py); mean over a slot's query episodes
-            "success_post_per_slot": np.asarray(succ_post, np.float32).reshape(self.num_tasks, -1)
-            .mean(1),
+            "env_steps": float(phases * T * K * H), "collect_time": time.perf_counter() - start,
+            "worker_wait_share": float(np.mean(waits)),
+            # (T,): per-task logging (runlog.per_task_success); mean over a slot's query episodes
+            "success_post_per_slot": np.asarray(succ_post, np.float32).reshape(T, -1).mean(1),
         }
         return MetaBatch(support, query, stats)
 
+
+class WorkerStepper:
+    """Runs phases on `PhaseWorkers`: parameters and generator states in, the rollout out."""
+
+    def __init__(self, workers):
+        self.workers = workers
+        self.success: torch.Tensor | None = None
+
+    @property
+    def last_wait_share(self) -> float:
+        return self.workers.last_wait_share
+
+    def run(self, sampler: Sampler, params: Params | None, generators, new_trial: bool,
+            horizon: int) -> Rollout:
+        a = self.workers.arrays
+        if params is None:
+            a["params"][0] = sampler.flat_parameters().cpu().numpy()
+        else:
+            a["params"][:] = sampler.flatten(params).cpu().numpy()
+        for s, g in enumerate(generators):
+            a["gen_states"][s] = g.get_state().numpy()
+        self.workers.run_phase(new_trial, params is not None, horizon)
+        for s, g in enumerate(generators):
+            g.set_state(torch.from_numpy(a["gen_states"][s].copy()))
+        out = {k: torch.from_numpy(a[k].copy()) for k in FIELDS}
+        self.success = out.pop("success")
+        return Rollout(**out)
+
+
+class VectorStepper:
+    """The in-process reference: a vector env stepped from here. The policy's forward runs over
+    the same slot `groups` as the workers' (CPU matmuls are not row-independent), so the two
+    paths give identical rollouts."""
+
+    def __init__(self, envs: gym.vector.VectorEnv, groups: list[list[int]], steps: int):
+        self.envs, self.groups, self.num_steps = envs, groups, steps  # steps per phase
+        self.obs: np.ndarray | None = None
+        self.states: list = []
+        self.success: torch.Tensor | None = None
+
     @torch.no_grad()
-    def _run(self, learner: MetaLearner, params: Params, obs: np.ndarray, state: State):
-        T, H, K = self.num_tasks, self.horizon, self.episodes
-        N = K * H
-        buf_obs = np.empty((T, N, self.obs_dim), np.float32)
-        buf_next = np.empty((T, N, self.obs_dim), np.float32)
-        buf_raw = np.empty((T, N, self.act_dim), np.float32)
-        buf_logp = np.empty((T, N), np.float32)
-        buf_rew = np.empty((T, N), np.float32)
-        buf_term = np.zeros((T, N), np.float32)
-        buf_done = np.zeros((T, N), np.float32)
-        buf_succ = np.zeros((T, N), np.float32)
+    def run(self, sampler: Sampler, params: Params | None, generators, new_trial: bool,
+            horizon: int) -> Rollout:
+        from metarl_lightning.algorithms.sampling import draw_noise  # (algorithms imports us)
+
+        envs, T = self.envs, self.envs.num_envs
+        if new_trial:  # re-task: each sub-env moves to its next goal (pseudorandom cycle)
+            envs.call("sample_tasks")
+            self.obs, _ = envs.reset()
+            self.states = [sampler.initial_state(len(g)) for g in self.groups]
+        device = next(sampler.module.parameters()).device
+        N = self.num_steps
+        obs_dim, act_dim = self.obs.shape[-1], int(np.prod(envs.single_action_space.shape))
+        buf = {k: np.zeros((T, N, obs_dim) if k in ("obs", "next_obs") else
+                           (T, N, act_dim) if k == "raw_actions" else (T, N), np.float32)
+               for k in FIELDS}
+        obs = self.obs
         for t in range(N):
-            obs_t = torch.as_tensor(obs, dtype=torch.float32)
-            # (T, 1, act), (T, 1, act), (T, 1); the state runs on across episode ends
-            action, raw, logp, state = learner.act(params, obs_t[:, None], state)
-            next_obs, rew, term, trunc, infos = self.envs.step(action[:, 0].cpu().numpy())
+            actions = np.empty((T, act_dim), np.float32)
+            for j, g in enumerate(self.groups):
+                obs_g = torch.as_tensor(obs[g], dtype=torch.float32)[:, None].to(device)
+                noise = draw_noise([generators[s] for s in g], act_dim).to(device)
+                p = None if params is None else {k: v[g] for k, v in params.items()}
+                action, raw, logp, self.states[j] = sampler.act(p, obs_g, self.states[j], noise)
+                actions[g] = action[:, 0].cpu().numpy()
+                buf["raw_actions"][g, t] = raw[:, 0].cpu().numpy()
+                buf["log_probs"][g, t] = logp[:, 0].cpu().numpy()
+            next_obs, rew, term, trunc, infos = envs.step(actions)
             done = np.logical_or(term, trunc)
-            buf_obs[:, t], buf_raw[:, t], buf_logp[:, t] = obs, raw[:, 0].cpu(), logp[:, 0].cpu()
-            buf_rew[:, t], buf_term[:, t], buf_done[:, t] = rew, term, done
-            true_next = next_obs
-            succ = infos.get("success", np.zeros(T))
+            buf["obs"][:, t], buf["rewards"][:, t] = obs, rew
+            buf["terminated"][:, t], buf["dones"][:, t] = term, done
+            true_next, succ = next_obs, infos.get("success", np.zeros(T))
             if done.any():
-                if not done.all() or (t + 1) % H:
+                if not done.all() or (t + 1) % horizon:
                     raise RuntimeError(
-                        f"episodes ended at step {t + 1} of {H} for tasks {np.flatnonzero(done)}; "
-                        "training envs must run full episodes (terminate_on_success=False)"
-                    )
+                        f"episodes ended at step {t + 1} of {horizon} for tasks "
+                        f"{np.flatnonzero(done)}; training envs must run full episodes "
+                        "(terminate_on_success=False)")
                 true_next = np.stack(infos["final_obs"])
                 succ = infos["final_info"]["success"]
-            buf_next[:, t], buf_succ[:, t] = true_next, succ
+            buf["next_obs"][:, t], buf["success"][:, t] = true_next, succ
             obs = next_obs
-        rollout = Rollout(
-            obs=torch.from_numpy(buf_obs), next_obs=torch.from_numpy(buf_next),
-            raw_actions=torch.from_numpy(buf_raw), log_probs=torch.from_numpy(buf_logp),
-            rewards=torch.from_numpy(buf_rew), terminated=torch.from_numpy(buf_term),
-            dones=torch.from_numpy(buf_done), advantages=torch.zeros(T, N),
-            returns=torch.zeros(T, N),
-        )
-        episode_return = buf_rew.reshape(T, K, H).sum(-1)  # (T, K)
-        episode_success = buf_succ.reshape(T, K, H).max(-1)  # success at any step, (T, K)
-        return rollout, obs, state, episode_return, episode_success
+        self.obs = obs
+        out = {k: torch.from_numpy(v) for k, v in buf.items()}
+        self.success = out.pop("success")
+        return Rollout(**out)
 
 
 @contextlib.contextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -12,8 +13,12 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from metarl_lightning import envs as mw
-from metarl_lightning.data.collector import RolloutCollector
+from metarl_lightning.algorithms.sampling import slot_generators
+from metarl_lightning.data.balance import assign_slots, slot_costs
+from metarl_lightning.data.collector import RolloutCollector, VectorStepper, WorkerStepper
+from metarl_lightning.data.workers import PhaseWorkers, default_num_workers
 from metarl_lightning.envs import make_vector_env
+from metarl_lightning.envs.benchmarks import ACTION_DIM
 from metarl_lightning.errors import EnvFault
 from metarl_lightning.types import MetaBatch, MetaLearner
 
@@ -51,7 +56,8 @@ class MetaWorldDataModule(L.LightningDataModule):
                  use_one_hot: bool = False, reward_function_version: str = "v2",
                  seed: int = 1, num_workers: int | None = None, vector_strategy: str = "process",
                  env_restarts: int = 0,
-                 recurrent_info_in_obs: bool = False, fast_step: bool = True):
+                 recurrent_info_in_obs: bool = False, fast_step: bool = True,
+                 collector: str = "workers"):
         super().__init__()
         self.fast_step = fast_step
         self.info = mw.describe(benchmark, env_name, use_one_hot, recurrent_info_in_obs)
@@ -63,18 +69,23 @@ class MetaWorldDataModule(L.LightningDataModule):
         self.seed = seed
         self.num_workers = num_workers
         self.vector_strategy = vector_strategy
+        if collector not in ("workers", "vector"):
+            raise ValueError(f"data.collector must be workers or vector, got {collector!r}")
+        self.collector_kind = collector
+        self.generators: list[torch.Generator] = []  # action noise, one per task slot
         self.env_restarts = env_restarts
         self.restarts_done = 0
         self.envs: gym.vector.VectorEnv | None = None
         self.collector: RolloutCollector | None = None
         self._pending_env_state: dict | None = None
         self.rank, self.world_size = 0, 1  # set in setup(): this process's share of the tasks
+        self.learner = None  # the sampler's source; None: the trainer's LightningModule
 
     def setup(self, stage: str | None = None) -> None:
         if self.envs is not None:  # built once per run
             return
         self._build_envs()
-        if self.world_size > 1:  # per-rank action noise (the policy's sampling uses the global RNG)
+        if self.world_size > 1:  # per-rank minibatch order (the action noise is per slot)
             torch.manual_seed(self.seed + 1000 * self.rank)
         if self._pending_env_state is not None:
             self.load_state_dict(self._pending_env_state)
@@ -93,16 +104,39 @@ class MetaWorldDataModule(L.LightningDataModule):
         # DDP: meta_batch_size is the whole meta-batch; rank r steps slots r, r+W, r+2W, ...
         # (each slot keeps its own share of its class's goals, so ranks never share a task).
         fns = fns[rank::world]
+        slots = list(range(self.meta_batch_size))[rank::world]  # this rank's global slots
+        if not self.generators:  # kept across env restarts; replaced by a checkpoint's
+            self.generators = slot_generators(self.seed, slots)
         num_workers = self.num_workers
-        if num_workers is None and world > 1:
-            num_workers = _workers_per_rank(self.trainer.num_devices)
-        self.envs = make_vector_env(fns, self.vector_strategy, num_workers)
+        if num_workers is None:
+            num_workers = (_workers_per_rank(self.trainer.num_devices) if world > 1
+                           else default_num_workers())
+        classes = self.info.train_classes
+        ids = mw.task_ids(self.info, self.meta_batch_size, "train")
+        groups = assign_slots(slot_costs([classes[ids[g]] for g in slots]), num_workers)
+        steps = self.episodes_per_task * self.max_episode_steps
         self.rank, self.world_size = rank, world
-        got = self.envs.single_observation_space.shape[0]
-        if got != self.info.obs_dim:
-            raise RuntimeError(f"env observation size {got} != expected {self.info.obs_dim}")
-        self.collector = RolloutCollector(self.envs, self.episodes_per_task,
+        # Off-policy learners (MT-SAC) step a vector env one step at a time into their replay
+        # buffer (data/offpolicy.py); phase workers serve the on-policy methods.
+        off_policy = getattr(self._learner(), "off_policy", False)
+        if self.collector_kind == "workers" and not off_policy:
+            sampler = copy.deepcopy(self._learner().sampler())  # a CPU copy for the workers
+            sampler.module.cpu()
+            self.envs = PhaseWorkers(fns, groups, sampler, steps, self.info.obs_dim, ACTION_DIM)
+            stepper = WorkerStepper(self.envs)
+        else:
+            self.envs = make_vector_env(fns, self.vector_strategy, num_workers)
+            got = self.envs.single_observation_space.shape[0]
+            if got != self.info.obs_dim:
+                raise RuntimeError(f"env observation size {got} != expected {self.info.obs_dim}")
+            stepper = VectorStepper(self.envs, groups, steps)
+        self.collector = RolloutCollector(stepper, self.generators, self.episodes_per_task,
                                           self.max_episode_steps)
+
+    def _learner(self):
+        if self.learner is not None:
+            return self.learner
+        return self.trainer.lightning_module
 
     def restart_envs(self) -> bool:
         """After an env fault: close whatever is left and build the envs afresh (same seeds);
@@ -135,20 +169,22 @@ class MetaWorldDataModule(L.LightningDataModule):
     def state_dict(self) -> dict:
         if self.envs is None:
             return {}
+        noise = [g.get_state() for g in self.generators]
         try:
-            mine = list(self.envs.call("get_checkpoint"))
+            envs = [ckpt for _, ckpt in self.envs.call("get_checkpoint")]
         except EnvFault as fault:  # the checkpoint still holds the module; envs start afresh
             if self.world_size > 1:
                 raise  # the other ranks wait in all_gather: stop rather than hang
             log.warning("env state not saved (%s)", str(fault).splitlines()[0])
             return {}
-        if self.world_size == 1:
-            return {"env_checkpoints": mine}
-        per_rank: list = [None] * self.world_size
-        torch.distributed.all_gather_object(per_rank, mine)
-        # rank r holds global slots r, r+W, ...: interleave back into slot order
-        ordered = [ckpt for slots in zip(*per_rank) for _, ckpt in slots]
-        return {"env_checkpoints": [(f"slot{g}", ckpt) for g, ckpt in enumerate(ordered)]}
+        mine = list(zip(envs, noise, strict=True))
+        if self.world_size > 1:
+            per_rank: list = [None] * self.world_size
+            torch.distributed.all_gather_object(per_rank, mine)
+            # rank r holds global slots r, r+W, ...: interleave back into slot order
+            mine = [slot for slots in zip(*per_rank) for slot in slots]
+        return {"env_checkpoints": [(f"slot{g}", env) for g, (env, _) in enumerate(mine)],
+                "noise_generators": [gen for _, gen in mine]}
 
     def load_state_dict(self, state: dict) -> None:
         if not state:
@@ -159,6 +195,10 @@ class MetaWorldDataModule(L.LightningDataModule):
         # this rank's slots, renamed to the ids of its own sub-envs ("slot<local index>")
         mine = state["env_checkpoints"][self.rank::self.world_size]
         self.envs.call("load_checkpoint", [(f"slot{j}", ckpt) for j, (_, ckpt) in enumerate(mine)])
+        if "noise_generators" in state:  # older checkpoints: the noise starts afresh
+            for g, s in zip(self.generators, state["noise_generators"][self.rank::self.world_size],
+                            strict=True):
+                g.set_state(s)
         self._pending_env_state = None
 
     def on_exception(self, exception: BaseException) -> None:

@@ -31,7 +31,7 @@ import os
 import signal
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from multiprocessing.shared_memory import SharedMemory
 from typing import Any
 
@@ -43,8 +43,11 @@ from gymnasium.vector.utils import batch_space
 
 from metarl_lightning.errors import EnvFault
 
-__all__ = ["ProcessVectorEnv", "make_vector_env", "merge_infos"]
+__all__ = ["EVAL_INFO_KEYS", "ProcessVectorEnv", "keep_infos", "make_vector_env", "merge_infos"]
 
+# What metaworld.evaluation and the collector read of `infos`: success, final obs, and the
+# episode return of RecordEpisodeStatistics (final_info["episode"]["r"]).
+EVAL_INFO_KEYS = ("success", "final_obs", "final_info", "episode")
 _BLAS_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 _ARRAY_SPACES = (Box, MultiDiscrete, MultiBinary)  # batched as one ndarray (Discrete -> MD)
 _ACTION_ITEMSIZE = 8  # action buffer holds any <= 8-byte dtype, so actions reach the envs
@@ -74,12 +77,25 @@ def merge_infos(parts: Sequence[dict], sizes: Sequence[int]) -> dict:
     return merged
 
 
+def keep_infos(infos: dict, keys: Collection[str] | None) -> dict:
+    """Only `keys` (with their `_key` masks) of a vector `infos`, at the top level and inside
+    `final_info`; everything if `keys` is None."""
+    if keys is None:
+        return infos
+    out = {k: v for k, v in infos.items() if k.lstrip("_") in keys}
+    if "final_info" in out:
+        out["final_info"] = {k: v for k, v in out["final_info"].items() if k.lstrip("_") in keys}
+    return out
+
+
 class _Worker:
     """Lives in a worker process: a SyncVectorEnv plus views on the shared buffers."""
 
-    def __init__(self, env_fns: Sequence[Callable[[], gym.Env]]):
+    def __init__(self, env_fns: Sequence[Callable[[], gym.Env]],
+                 info_keys: Collection[str] | None = None):
         self.envs = SyncVectorEnv(env_fns, copy=False, autoreset_mode=AutoresetMode.SAME_STEP)
         self.shms: list[SharedMemory] = []
+        self.info_keys = info_keys
 
     def info(self):
         e = self.envs
@@ -96,7 +112,7 @@ class _Worker:
     def reset(self, seeds, options):
         obs, infos = self.envs.reset(seed=seeds, options=options)
         self.obs[...] = obs
-        return infos
+        return keep_infos(infos, self.info_keys)
 
     def step(self, dtype: str, row_shape: tuple):
         dtype = np.dtype(dtype)
@@ -106,7 +122,8 @@ class _Worker:
         del view
         obs, rewards, terminations, truncations, infos = self.envs.step(actions)
         self.obs[...] = obs
-        return rewards, terminations, truncations, infos
+        # the pickled infos are most of a step's IPC: only the keys the caller reads travel
+        return rewards, terminations, truncations, keep_infos(infos, self.info_keys)
 
     def forward(self, method: str, args: tuple, kwargs: dict):  # call, get_attr, set_attr...
         return getattr(self.envs, method)(*args, **kwargs)
@@ -131,7 +148,7 @@ def _task_names(worker: _Worker | None) -> list | None:
     return None
 
 
-def _worker_main(conn, env_fns) -> None:
+def _worker_main(conn, env_fns, info_keys=None) -> None:
     # Ctrl-C and SIGTERM are the main process' job: it finishes the meta-iteration (which needs
     # these workers) and writes last.ckpt with their state. SLURM's scancel, preemption and time
     # limit signal every process of a job step, workers included. The workers still stop when
@@ -142,7 +159,7 @@ def _worker_main(conn, env_fns) -> None:
     while True:
         try:
             if worker is None:
-                worker = _Worker(env_fns)
+                worker = _Worker(env_fns, info_keys)
             conn.send(("ok", getattr(worker, cmd)(*args)))
         except Exception as exc:
             conn.send(("error", (f"{type(exc).__name__}: {exc}", traceback.format_exc(),
@@ -184,10 +201,14 @@ class ProcessVectorEnv(gym.vector.VectorEnv):
         context: multiprocessing start method.
         step_timeout: seconds to wait for any worker reply (startup included) before the
             env is closed and ``EnvFault`` (a ``RuntimeError``) raised.
+        info_keys: the only ``infos`` keys sent back (top level and in ``final_info``, with
+            their masks), e.g. ``EVAL_INFO_KEYS``; None: all of them, as SyncVectorEnv.
     """
 
     def __init__(self, env_fns: list[Callable[[], gym.Env]], num_workers: int | None = None,
-                 context: str = "spawn", step_timeout: float = 120.0):
+                 context: str = "spawn", step_timeout: float = 120.0,
+                 info_keys: Collection[str] | None = None):
+        self.info_keys = None if info_keys is None else tuple(info_keys)
         self._procs: list = []
         self._conns: list = []
         self._shms: list[SharedMemory] = []
@@ -214,7 +235,8 @@ class ProcessVectorEnv(gym.vector.VectorEnv):
         with child_env(**dict.fromkeys(_BLAS_VARS, "1")):
             for lo, hi in self._slices:
                 parent_conn, child_conn = ctx.Pipe()
-                proc = ctx.Process(target=_worker_main, args=(child_conn, env_fns[lo:hi]),
+                proc = ctx.Process(target=_worker_main,
+                                   args=(child_conn, env_fns[lo:hi], self.info_keys),
                                    name=f"ProcessVectorEnv-worker-{len(self._procs)}",
                                    daemon=True)
                 self._conns.append(parent_conn)
@@ -422,16 +444,18 @@ class ProcessVectorEnv(gym.vector.VectorEnv):
         raise EnvFault(message)
 
 
-def make_vector_env(fns: list, strategy: str, num_workers: int | None) -> gym.vector.VectorEnv:
-    """`process`: our ProcessVectorEnv, one worker per core each stepping several envs;
-    `sync`/`async`: gymnasium's, for comparison (see benchmarks/throughput.py)."""
+def make_vector_env(fns: list, strategy: str, num_workers: int | None,
+                    info_keys: Collection[str] | None = None) -> gym.vector.VectorEnv:
+    """`process`: our ProcessVectorEnv, one worker per core each stepping several envs, sending
+    back only `info_keys` (None: all); `sync`/`async`: gymnasium's, for comparison (see
+    benchmarks/throughput.py), with every info key."""
     same_step = gym.vector.AutoresetMode.SAME_STEP
     if strategy == "sync":
         envs = gym.vector.SyncVectorEnv(fns, autoreset_mode=same_step)
     elif strategy == "async":
         envs = gym.vector.AsyncVectorEnv(fns, autoreset_mode=same_step)
     elif strategy == "process":
-        envs = ProcessVectorEnv(fns, num_workers=num_workers)
+        envs = ProcessVectorEnv(fns, num_workers=num_workers, info_keys=info_keys)
     else:
         raise ValueError(f"vector_strategy must be process, sync or async; got {strategy!r}")
     # Meta-World's CheckpointWrapper ids are "<class>_<env_id>", the same for every sub-env of a

@@ -65,7 +65,8 @@ class MetaLearnerAgent:
 
     # -----------------------------------------------------------------------------------------
     def _rollout(self) -> Rollout:
-        """Stack the adaptation timesteps into a (T, N) rollout with advantages.
+        """Stack the adaptation timesteps into a raw (T, N) rollout (`adapt_for_sampling` computes
+        the advantages it needs).
 
         The protocol's Timestep carries s_t but not s_{t+1}; the next step's observation
         provides it, except at an episode's last step, where the final observation is not
@@ -83,9 +84,8 @@ class MetaLearnerAgent:
             log_probs=t(np.stack([s.aux_policy_outputs["log_prob"] for s in steps], 1)),
             rewards=t(np.stack([s.reward for s in steps], 1)),
             terminated=t(np.stack([s.terminated for s in steps], 1)), dones=t(dones),
-            advantages=torch.zeros(dones.shape), returns=torch.zeros(dones.shape),
         )
-        return self.learner.process_rollout(rollout)
+        return rollout
 
 
 def _obs(observations: npt.NDArray) -> torch.Tensor:

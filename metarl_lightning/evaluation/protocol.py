@@ -25,6 +25,7 @@ import numpy as np
 from metarl_lightning import envs as mw
 from metarl_lightning.data.collector import single_threaded_torch
 from metarl_lightning.envs import make_vector_env
+from metarl_lightning.envs.vector import EVAL_INFO_KEYS
 from metarl_lightning.evaluation.adapter import MetaLearnerAgent
 from metarl_lightning.types import MetaLearner
 
@@ -63,7 +64,7 @@ class Evaluator:
                  mt_episodes: int = 50, deterministic: bool = True,
                  reward_function_version: str = "v2", num_workers: int | None = None,
                  vector_strategy: str = "process", recurrent_info_in_obs: bool = False,
-                 fast_step: bool = True):
+                 fast_step: bool = True, info_keys: tuple[str, ...] | None = EVAL_INFO_KEYS):
         self.info = mw.describe(benchmark, env_name, use_one_hot, recurrent_info_in_obs)
         if self.info.kind == "mt":
             split = "train"  # MT has no test split: the protocol evaluates the training tasks
@@ -83,7 +84,10 @@ class Evaluator:
             reward_function_version=reward_function_version, goals_per_class=self.goals_per_class,
             fast_step=fast_step,
         )
-        self.envs: gym.vector.VectorEnv = make_vector_env(fns, vector_strategy, num_workers)
+        # only the info keys the protocol reads come back from the env workers (issue 12;
+        # None: all of them, for benchmarks/throughput.py --eval)
+        self.envs: gym.vector.VectorEnv = make_vector_env(fns, vector_strategy, num_workers,
+                                                          info_keys=info_keys)
 
     def run(self, learner: MetaLearner) -> EvalResult:
         start = time.perf_counter()

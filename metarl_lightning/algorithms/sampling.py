@@ -1,0 +1,114 @@
+"""What rollout collection needs of a method, as a small picklable object: the policy module and
+the act maths. The learner's copy wraps the live policy (the in-process collector); the rollout
+workers (data/workers.py) get a pickled CPU copy once and load the phase's parameters into it.
+
+Reproducibility across processes: action noise is passed in (drawn by the caller from one
+torch.Generator per task slot), and the forward pass runs over a fixed group of slots (the same
+group in every path: CPU matmuls are not row-independent, measured here: a row of a 5-row
+forward differs in the last bits from the same row alone), so a slot's actions do not depend on
+which process steps it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.func import vmap
+
+from metarl_lightning.algorithms import functional as F
+from metarl_lightning.policies.distributions import squash, tanh_gaussian_log_prob
+from metarl_lightning.types import Params, State
+
+GENERATOR_STATE_BYTES = 5056  # torch.Generator().get_state().numel() (CPU mt19937)
+
+
+def sample_with_noise(mean: torch.Tensor, log_std: torch.Tensor, scale: torch.Tensor,
+                      bias: torch.Tensor, noise: torch.Tensor):
+    """Tanh-Gaussian sample from given standard-normal `noise` (same shape as `mean`)."""
+    raw = mean + log_std.exp() * noise
+    return squash(raw, scale, bias), raw, tanh_gaussian_log_prob(mean, log_std, raw, scale)
+
+
+def slot_generators(seed: int, slots: list[int]) -> list[torch.Generator]:
+    """One generator per global task slot, seeded from (run seed, slot): the slot's action noise
+    is the same whichever rank, worker or process steps it."""
+    return [torch.Generator().manual_seed(seed * 1_000_003 + 7919 * slot + 17) for slot in slots]
+
+
+def draw_noise(generators: list[torch.Generator], act_dim: int) -> torch.Tensor:
+    """(n, 1, act) standard normals, row i from generator i."""
+    return torch.stack([torch.randn(1, act_dim, generator=g) for g in generators])
+
+
+class Sampler:
+    """A policy module plus the act maths; subclasses say how `act` reads the module.
+
+    `params`: None = the module's own parameters (the phase's shared parameters); otherwise a
+    dict of per-slot parameters with a leading (n,) dim (MAML's adapted actors)."""
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+
+    def flat_parameters(self) -> torch.Tensor:
+        return torch.cat([p.detach().reshape(-1) for p in self.module.parameters()])
+
+    def load_flat(self, flat: torch.Tensor) -> None:
+        """Copy a `flat_parameters()` vector into the module (the worker's copy)."""
+        offset = 0
+        with torch.no_grad():
+            for p in self.module.parameters():
+                p.copy_(flat[offset:offset + p.numel()].view_as(p))
+                offset += p.numel()
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.module.parameters())
+
+    def unflatten(self, flat: torch.Tensor) -> Params:
+        """(n, P) rows -> per-slot parameter dict, (n, ...) each, in named_parameters order."""
+        out, offset = {}, 0
+        for name, p in self.module.named_parameters():
+            out[name] = flat[:, offset:offset + p.numel()].reshape(-1, *p.shape)
+            offset += p.numel()
+        return out
+
+    def flatten(self, params: Params) -> torch.Tensor:
+        """Per-slot parameter dict -> (n, P) rows (inverse of `unflatten`)."""
+        names = [name for name, _ in self.module.named_parameters()]
+        return torch.cat([params[name].detach().flatten(1) for name in names], 1)
+
+    def initial_state(self, n: int) -> State:
+        return None
+
+    def act(self, params: Params | None, obs: torch.Tensor, state: State,
+            noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, State]:
+        """(n, 1, obs), noise (n, 1, act) -> action, raw action (n, 1, act), log-prob (n, 1),
+        state."""
+        raise NotImplementedError
+
+
+class ActorSampler(Sampler):
+    """Feed-forward `GaussianActor` (MAML-PPO, MT-PPO); per-slot parameters through vmap."""
+
+    @torch.no_grad()
+    def act(self, params, obs, state, noise):
+        actor = self.module
+        if params is None:
+            mean, log_std = actor(obs)
+        else:
+            mean, log_std = vmap(lambda p, o: F.actor_forward(actor, p, o))(params, obs)
+        return (*sample_with_noise(mean, log_std, actor.action_scale, actor.action_bias, noise),
+                state)
+
+
+class RecurrentSampler(Sampler):
+    """`GRUActorCritic` (RL²): one GRU step per env step; the state runs through the trial."""
+
+    def initial_state(self, n: int) -> State:
+        return self.module.initial_state(n)
+
+    @torch.no_grad()
+    def act(self, params, obs, state, noise):
+        p = self.module
+        state = self.initial_state(obs.shape[0]) if state is None else state
+        mean, log_std, _, state = p(obs, state)
+        return (*sample_with_noise(mean, log_std, p.action_scale, p.action_bias, noise), state)

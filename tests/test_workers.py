@@ -1,0 +1,162 @@
+"""Rollout workers: identical MetaBatches to the in-process reference path for every method,
+slot balancing, clear faults, and nothing left behind by close()."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+import torch
+
+from metarl_lightning.algorithms.sampling import draw_noise, sample_with_noise, slot_generators
+from metarl_lightning.build import benchmark_info, build_module
+from metarl_lightning.data import MetaWorldDataModule
+from metarl_lightning.data.balance import assign_slots, makespan_share
+from metarl_lightning.errors import EnvFault
+from metarl_lightning.policies.distributions import sample_tanh_gaussian
+from tests.conftest import TINY, compose_cfg
+
+METHODS = {
+    "maml_ppo": ["benchmark=ml1", "benchmark.env_name=reach-v3"],
+    "rl2_ppo": ["benchmark=ml1", "benchmark.env_name=reach-v3", "algorithm=rl2_ppo", "model=gru",
+                "model.hidden_dim=16"],
+    "mt_ppo": ["benchmark=mt1", "benchmark.env_name=reach-v3", "benchmark.use_one_hot=true",
+               "algorithm=mt_ppo"],
+}
+
+
+def _datamodule(cfg, collector: str, module, num_workers: int = 2) -> MetaWorldDataModule:
+    b = cfg.benchmark
+    dm = MetaWorldDataModule(
+        benchmark=b.name, env_name=b.env_name, meta_batch_size=5,
+        episodes_per_task=cfg.algorithm.episodes_per_task, max_episode_steps=b.max_episode_steps,
+        use_one_hot=b.use_one_hot, seed=3, num_workers=num_workers, vector_strategy="sync",
+        recurrent_info_in_obs=bool(cfg.algorithm.get("recurrent_info_in_obs", False)),
+        collector=collector)
+    dm.learner = module
+    dm.setup("fit")
+    return dm
+
+
+def _assert_batches_equal(a, b):
+    assert (a.query is None) == (b.query is None)
+    for phase_a, phase_b in ((a.support, b.support), (a.query, b.query)):
+        if phase_a is None:
+            continue
+        for field, x in phase_a._asdict().items():
+            y = getattr(phase_b, field)
+            assert (x is None) == (y is None), field
+            if x is not None:
+                assert torch.equal(x, y), f"{field}: max diff {(x - y).abs().max()}"
+    timing = ("collect_time", "worker_wait_share")
+    assert {k: v for k, v in a.stats.items() if k not in timing} == \
+        {k: v for k, v in b.stats.items() if k not in timing}
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_workers_give_the_same_meta_batches_as_the_in_process_path(tmp_path, method):
+    base = [o for o in TINY if not o.startswith("algorithm.")]  # TINY's are MAML's keys
+    cfg = compose_cfg(base + METHODS[method] + ["benchmark.max_episode_steps=20",
+                                                "benchmark.meta_batch_size=5"], tmp_path)
+    torch.manual_seed(0)
+    module = build_module(cfg, benchmark_info(cfg))
+    ref, workers = _datamodule(cfg, "vector", module), _datamodule(cfg, "workers", module)
+    try:
+        assert workers.envs.groups == ref.collector.stepper.groups and len(workers.envs.groups) == 2
+        for _ in range(2):
+            a, b = ref.collector.collect(module), workers.collector.collect(module)
+            _assert_batches_equal(a, b)
+            assert a.support.rewards.abs().sum() > 0  # the envs did step
+            assert b.support.advantages is None  # raw experience: GAE is training_step's
+            assert 0.0 <= b.stats["worker_wait_share"] < 1.0 and len(workers.envs.last_busy) == 2
+            with torch.no_grad():  # the next iteration samples with other parameters
+                for p in module.parameters():
+                    p.add_(0.01 * torch.randn_like(p))
+        # noise generators advanced alike; env state saved alike
+        for g, h in zip(ref.generators, workers.generators, strict=True):
+            assert torch.equal(g.get_state(), h.get_state())
+        assert len(workers.state_dict()["noise_generators"]) == 5
+    finally:
+        ref.teardown()
+        workers.teardown()
+
+
+def test_noise_comes_from_the_slot_generators():
+    gens = slot_generators(1, [0, 1, 2])
+    again = slot_generators(1, [2])
+    noise = draw_noise(gens, 4)  # (3, 1, 4)
+    assert noise.shape == (3, 1, 4)
+    assert torch.equal(draw_noise(again, 4)[0], noise[2])  # slot 2's noise alone = in a group
+    assert not torch.equal(noise[0], noise[1])
+    mean, log_std = torch.randn(3, 1, 4), torch.randn(3, 1, 4) * 0.1
+    scale, bias = torch.full((4,), 2.0), torch.zeros(4)
+    a, raw, logp = sample_with_noise(mean, log_std, scale, bias, noise)
+    torch.manual_seed(5)
+    ref_noise = torch.randn_like(mean)
+    torch.manual_seed(5)
+    b, raw_b, logp_b = sample_tanh_gaussian(mean, log_std, scale, bias)
+    a2, raw2, logp2 = sample_with_noise(mean, log_std, scale, bias, ref_noise)
+    assert torch.equal(raw_b, raw2) and torch.equal(logp_b, logp2) and torch.equal(b, a2)
+    torch.testing.assert_close(raw, mean + log_std.exp() * noise)
+
+
+def test_slots_are_balanced_by_cost_longest_first():
+    costs = [3.0, 3.0, 1.0, 1.0, 1.0, 1.0]  # e.g. two push-v3 slots and four window-open-v3
+    groups = assign_slots(costs, 2)
+    assert groups == [[0, 2, 4], [1, 3, 5]]
+    assert [sum(costs[s] for s in g) for g in groups] == [5.0, 5.0]
+    assert makespan_share(costs, groups) == 0.0
+    # by count (contiguous halves) one worker carries 7 of 10: the other waits 4/7 of the phase
+    assert makespan_share(costs, [[0, 1, 2], [3, 4, 5]]) == pytest.approx(4 / 7)
+    assert assign_slots([1.0] * 3, 8) == [[0], [1], [2]]  # never more workers than slots
+
+
+def _tiny_workers(tiny_cfg, **kw):
+    cfg = tiny_cfg("benchmark.max_episode_steps=20", "benchmark.meta_batch_size=5")
+    module = build_module(cfg, benchmark_info(cfg))
+    return module, _datamodule(cfg, "workers", module, **kw)
+
+
+def _shm() -> set[str]:
+    return set(os.listdir("/dev/shm"))
+
+
+def test_close_leaves_no_process_fd_or_shared_memory(tiny_cfg):
+    module, dm = _tiny_workers(tiny_cfg)  # warm-up: multiprocessing's resource tracker fd
+    dm.collector.collect(module)
+    dm.teardown()
+    fds, shm = len(os.listdir("/proc/self/fd")), _shm()
+    module, dm = _tiny_workers(tiny_cfg)
+    pids = dm.envs.worker_pids
+    assert len(_shm() - shm) == 1  # one segment for all shared arrays
+    dm.collector.collect(module)
+    dm.teardown()
+    assert _shm() == shm
+    assert len(os.listdir("/proc/self/fd")) == fds
+    assert not any(os.path.exists(f"/proc/{p}") for p in pids)  # joined: no zombies either
+
+
+def test_a_dead_worker_is_an_env_fault_naming_its_tasks(tiny_cfg):
+    module, dm = _tiny_workers(tiny_cfg)
+    segment = dm.envs._shm.name.lstrip("/")
+    os.kill(dm.envs.worker_pids[1], signal.SIGKILL)
+    with pytest.raises(EnvFault, match=r"rollout worker 1 .*slots \[\d, \d\], task_name "
+                                       r"\['reach-v3'\]\) failed in 'phase': worker process died"):
+        dm.collector.collect(module)
+    assert dm.envs.closed and segment not in _shm()  # the fault released everything
+    dm.teardown()
+
+
+def test_a_hung_worker_is_an_env_fault_after_the_timeout(tiny_cfg):
+    module, dm = _tiny_workers(tiny_cfg)
+    dm.envs.step_timeout = 2.0
+    pids = dm.envs.worker_pids
+    os.kill(pids[0], signal.SIGSTOP)
+    try:
+        with pytest.raises(EnvFault, match=r"rollout worker 0 .*no env step within "
+                                           r"step_timeout=2.0s"):
+            dm.collector.collect(module)
+    finally:
+        dm.teardown()
+    assert not any(os.path.exists(f"/proc/{p}") for p in pids)  # killed and reaped
