@@ -25,6 +25,10 @@ TINY = [
     "trainer.enable_progress_bar=false",
     "trainer.enable_model_summary=false",
     "algorithm.outer_epochs=2",
+    # the in-process reference collector on a SyncVectorEnv: no worker processes to start per
+    # test (~3-5 s each on 2 cores); tests of the default rollout workers add
+    # WORKERS (test_workers.py checks the two paths give identical meta-batches)
+    "data.collector=vector",
     "data.vector_strategy=sync",
     "callbacks.meta_eval.num_evals=1",
     "callbacks.meta_eval.mt_episodes=1",
@@ -33,6 +37,9 @@ TINY = [
     "eval.evaluation_episodes=1",
     "callbacks.last_checkpoint.every_n_train_steps=1",
 ]
+
+
+WORKERS = "data.collector=workers"  # the default collector: rollout worker processes
 
 
 def compose_cfg(overrides: list[str], tmp_path: Path | None = None) -> DictConfig:

@@ -65,10 +65,11 @@ def _goal(rand_vec) -> tuple:
 
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory):
-    from tests.conftest import TINY, compose_cfg
+    from tests.conftest import TINY, WORKERS, compose_cfg
 
     out = tmp_path_factory.mktemp("ddp")
-    cfg = compose_cfg(TINY + ["trainer=ddp_cpu"], out)  # 2 ranks x 1 task slot
+    # 2 ranks x 1 task slot, each rank with its own rollout worker
+    cfg = compose_cfg(TINY + ["trainer=ddp_cpu", WORKERS], out)
     with open_dict(cfg):
         cfg.callbacks.rank_probe = {"_target_": "tests.test_ddp.RankProbe", "path": str(out)}
     metrics, _ = train(cfg)

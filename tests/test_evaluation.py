@@ -15,7 +15,7 @@ from metarl_lightning.checkpoints import load_run
 from metarl_lightning.evaluation import Evaluator
 from metarl_lightning.evaluation.protocol import protocol_coverage
 from metarl_lightning.types import ConfigError
-from tests.conftest import ROOT
+from tests.conftest import ROOT, WORKERS
 from train import train
 
 
@@ -60,18 +60,20 @@ def test_evaluator_follows_the_protocol_on_tiny_splits(tiny_cfg, bench, extra):
 
 
 def test_resume_reproduces_the_uninterrupted_run_exactly(tiny_cfg, tmp_path):
-    full = tiny_cfg("trainer.max_steps=4")
+    # the default collector (rollout workers): its per-slot noise generators and env state
+    # travel in the checkpoint
+    full = tiny_cfg("trainer.max_steps=4", WORKERS)
     train(full)
     reference = _train_rows(tmp_path / "csv" / "metrics.csv")
 
     first_dir, second_dir = tmp_path / "first", tmp_path / "second"
-    first = tiny_cfg("trainer.max_steps=4",
+    first = tiny_cfg("trainer.max_steps=4", WORKERS,
                      "+callbacks.stop._target_=tests.test_evaluation.StopAtStep",
                      "+callbacks.stop.step=2", out=first_dir)
     train(first)
     ckpt = first_dir / "checkpoints" / "last.ckpt"
     assert torch.load(ckpt, weights_only=True)["global_step"] == 2  # plain weights_only load
-    resumed = tiny_cfg("trainer.max_steps=4", f"ckpt_path={ckpt}", out=second_dir)
+    resumed = tiny_cfg("trainer.max_steps=4", WORKERS, f"ckpt_path={ckpt}", out=second_dir)
     train(resumed)
     after = _train_rows(second_dir / "csv" / "metrics.csv")
     assert len(reference) == 4 and len(after) == 2

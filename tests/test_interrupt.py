@@ -10,13 +10,13 @@ import time
 import pytest
 import torch
 
-from tests.conftest import ROOT, TINY
+from tests.conftest import ROOT, TINY, WORKERS
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupt_writes_a_loadable_last_checkpoint(tmp_path, sig):
     args = [a for a in TINY if not a.startswith(("trainer.max_steps", "callbacks.last_checkpoint"))]
-    cmd = [sys.executable, "train.py", *args, "trainer.max_steps=100000",
+    cmd = [sys.executable, "train.py", *args, WORKERS, "trainer.max_steps=100000",
            "callbacks.last_checkpoint.every_n_train_steps=1000", f"hydra.run.dir={tmp_path}"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)

@@ -18,7 +18,7 @@ import torch
 from metarl_lightning.checkpoints import AtomicCheckpointIO
 from metarl_lightning.errors import EnvFault
 from metarl_lightning.types import ConfigError
-from tests.conftest import ROOT, TINY
+from tests.conftest import ROOT, TINY, WORKERS
 from train import train
 
 # --- atomic checkpoint writes -----------------------------------------------------------------
@@ -79,7 +79,7 @@ class KillEnvWorker(L.Callback):
             os.kill(trainer.datamodule.envs.worker_pids[0], signal.SIGKILL)
 
 
-FAULTY = ["data.vector_strategy=process", "data.num_workers=1",
+FAULTY = ["data.collector=workers", "data.num_workers=1",
           "+callbacks.kill._target_=tests.test_reliability.KillEnvWorker", "+callbacks.kill.step=2"]
 
 
@@ -95,7 +95,8 @@ def test_dead_env_worker_stops_the_run_with_task_name_and_checkpoint(tiny_cfg, t
         train(cfg)
     ckpt = tmp_path / "checkpoints" / "last.ckpt"
     assert torch.load(ckpt, weights_only=True)["global_step"] == 2  # written at the fault
-    _, objects = train(tiny_cfg("trainer.max_steps=3", f"ckpt_path={ckpt}", out=tmp_path / "resumed"))
+    _, objects = train(tiny_cfg("trainer.max_steps=3", f"ckpt_path={ckpt}", WORKERS,
+                                out=tmp_path / "resumed"))
     assert objects["trainer"].global_step == 3
 
 

@@ -63,6 +63,7 @@ def test_mt10_trains_one_step_with_the_process_stepper(tiny_cfg, first_order):
     cfg = tiny_cfg("benchmark=mt10", "benchmark.meta_batch_size=10",
                    "benchmark.max_episode_steps=5", "trainer.max_steps=1",
                    "data.vector_strategy=process", "data.num_workers=2",
+                   "eval.meta_batch_size=null",  # TINY's 1 sub-env cannot hold 10 MT tasks
                    f"algorithm.first_order={first_order}")
     metrics, objs = train(cfg)
     assert objs["module"].env_steps == 10 * 2 * 5
