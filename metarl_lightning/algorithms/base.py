@@ -22,7 +22,7 @@ import torch
 from metarl_lightning.algorithms import functional as F
 from metarl_lightning.algorithms.sampling import ActorSampler, Sampler
 from metarl_lightning.data.collector import single_threaded_torch
-from metarl_lightning.policies.distributions import gaussian_entropy
+from metarl_lightning.policies.distributions import gaussian_entropy, sample_tanh_gaussian, squash
 from metarl_lightning.runlog import per_task_success
 from metarl_lightning.types import MetaBatch, Params, Rollout, State
 
@@ -194,6 +194,24 @@ def to_device(rollout: Rollout, device: torch.device) -> Rollout:
     """The rollout's tensors on `device` (no copy if already there; None fields stay None)."""
     return rollout._replace(**{k: v.to(device) for k, v in rollout._asdict().items()
                                if v is not None})
+
+
+class SharedPolicyActing:
+    """MetaLearner `act`/`mean_action` for methods whose tasks all run one shared
+    `self.policy.actor` with no recurrent state and no adaptation (MT-PPO, MT-SAC)."""
+
+    @torch.no_grad()
+    def act(self, params: Params, obs: torch.Tensor, state: State = None):
+        actor = self.policy.actor
+        mean, log_std = actor(obs.to(self.device))  # (T, B, act)
+        return (*sample_tanh_gaussian(mean, log_std, actor.action_scale, actor.action_bias),
+                state)
+
+    @torch.no_grad()
+    def mean_action(self, params: Params, obs: torch.Tensor, state: State = None):
+        actor = self.policy.actor
+        mean, _ = actor(obs.to(self.device))
+        return squash(mean, actor.action_scale, actor.action_bias), state
 
 
 def minibatches(n: int, num_minibatches: int, device: torch.device) -> tuple[torch.Tensor, ...]:

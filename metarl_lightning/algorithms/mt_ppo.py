@@ -16,16 +16,13 @@ import torch
 from torch import nn
 
 from metarl_lightning.algorithms import functional as F
-from metarl_lightning.algorithms.base import MetaRLModule
+from metarl_lightning.algorithms.base import MetaRLModule, SharedPolicyActing
 from metarl_lightning.policies.distributions import (
-    sample_tanh_gaussian,
-    squash,
     tanh_gaussian_log_prob,
 )
-from metarl_lightning.types import Params, State
 
 
-class MTPPO(MetaRLModule):
+class MTPPO(SharedPolicyActing, MetaRLModule):
     name = "mt_ppo"
     benchmark_kinds = ("mt",)
     needs_one_hot = True
@@ -51,19 +48,7 @@ class MTPPO(MetaRLModule):
         self.save_hyperparameters(ignore=["policy", "optimizer", "scheduler"])
         self.policy = policy
 
-    # --- MetaLearner protocol: the shared policy for every task, no state, no adaptation -------
-    @torch.no_grad()
-    def act(self, params: Params, obs: torch.Tensor, state: State = None):
-        actor = self.policy.actor
-        mean, log_std = actor(obs.to(self.device))  # (T, B, act)
-        return (*sample_tanh_gaussian(mean, log_std, actor.action_scale, actor.action_bias),
-                state)
-
-    @torch.no_grad()
-    def mean_action(self, params: Params, obs: torch.Tensor, state: State = None):
-        actor = self.policy.actor
-        mean, _ = actor(obs.to(self.device))
-        return squash(mean, actor.action_scale, actor.action_bias), state
+    # act / mean_action: SharedPolicyActing (one policy for every task, no state, no adaptation)
 
     # process_rollout: the feed-forward critic's GAE of MetaRLModule
 

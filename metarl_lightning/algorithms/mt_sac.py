@@ -23,16 +23,14 @@ import torch
 from torch import nn
 
 from metarl_lightning.algorithms import sac_functional as F
-from metarl_lightning.algorithms.base import MetaRLModule
+from metarl_lightning.algorithms.base import MetaRLModule, SharedPolicyActing
 from metarl_lightning.data.collector import single_threaded_torch
 from metarl_lightning.data.offpolicy import ReplayBatch, TaskReplayBuffer
 from metarl_lightning.errors import ConfigError
-from metarl_lightning.policies.distributions import sample_tanh_gaussian, squash
 from metarl_lightning.policies.sac import SACActorCritic
-from metarl_lightning.types import Params, State
 
 
-class MTSAC(MetaRLModule):
+class MTSAC(SharedPolicyActing, MetaRLModule):
     name = "mt_sac"
     benchmark_kinds = ("mt",)
     needs_one_hot = True
@@ -114,19 +112,7 @@ class MTSAC(MetaRLModule):
             return actor.action_bias.cpu() + actor.action_scale.cpu() * u
         return self.act({}, obs[:, None])[0][:, 0].cpu()
 
-    # --- MetaLearner protocol: one shared policy, no state, no adaptation ---------------------
-    @torch.no_grad()
-    def act(self, params: Params, obs: torch.Tensor, state: State = None):
-        actor = self.policy.actor
-        mean, log_std = actor(obs.to(self.device))  # (T, B, act)
-        return (*sample_tanh_gaussian(mean, log_std, actor.action_scale, actor.action_bias),
-                state)
-
-    @torch.no_grad()
-    def mean_action(self, params: Params, obs: torch.Tensor, state: State = None):
-        actor = self.policy.actor
-        mean, _ = actor(obs.to(self.device))
-        return squash(mean, actor.action_scale, actor.action_bias), state
+    # act / mean_action: SharedPolicyActing (one policy for every task, no state, no adaptation)
 
     def process_rollout(self, rollout):
         return rollout  # never called with an inner loop off; nothing to fill

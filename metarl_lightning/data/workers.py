@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from metarl_lightning.envs.vector import _BLAS_VARS, child_env
+from metarl_lightning.envs.vector import _BLAS_VARS, child_env, collect_replies
 from metarl_lightning.errors import EnvFault
 
 GEN_BYTES = 5056  # torch CPU generator state (algorithms/sampling.GENERATOR_STATE_BYTES)
@@ -330,18 +330,7 @@ class PhaseWorkers:
         return self._collect(cmd, range(self.num_workers))
 
     def _collect(self, cmd: str, workers) -> list:
-        replies, errors = [], []
-        for w in workers:
-            status, payload = self._recv(w, cmd)
-            if status == "ok":
-                replies.append(payload)
-            else:
-                text, tb, tasks = payload
-                errors.append(f"{self._describe(w, tasks)} raised in {cmd!r}: {text}\n"
-                              f"--- worker traceback ---\n{tb}")
-        if errors:
-            raise EnvFault("\n".join(errors))
-        return replies
+        return collect_replies(self, cmd, workers)
 
     def _recv(self, w: int, cmd: str):
         conn, proc = self._conns[w], self._procs[w]

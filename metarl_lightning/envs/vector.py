@@ -88,6 +88,24 @@ def keep_infos(infos: dict, keys: Collection[str] | None) -> dict:
     return out
 
 
+def collect_replies(pool, cmd: str, workers) -> list:
+    """Wait for one reply per worker of `pool` (its `_recv(w, cmd)` and `_describe(w, tasks)`);
+    raise one EnvFault with every worker's error after draining them all. Shared by
+    ProcessVectorEnv and data/workers.py's PhaseWorkers."""
+    replies, errors = [], []
+    for w in workers:
+        status, payload = pool._recv(w, cmd)
+        if status == "ok":
+            replies.append(payload)
+        else:
+            text, tb, tasks = payload
+            errors.append(f"{pool._describe(w, tasks)} raised in {cmd!r}: {text}\n"
+                          f"--- worker traceback ---\n{tb}")
+    if errors:
+        raise EnvFault("\n".join(errors))
+    return replies
+
+
 class _Worker:
     """Lives in a worker process: a SyncVectorEnv plus views on the shared buffers."""
 
@@ -401,19 +419,7 @@ class ProcessVectorEnv(gym.vector.VectorEnv):
         return [replies.pop(0) if a is not None else None for a in args]
 
     def _collect(self, cmd: str, workers) -> list:
-        """Wait for one reply per worker; raise the first worker error after draining all."""
-        replies, errors = [], []
-        for w in workers:
-            status, payload = self._recv(w, cmd)
-            if status == "ok":
-                replies.append(payload)
-            else:
-                text, tb, tasks = payload
-                errors.append(f"{self._describe(w, tasks)} raised in {cmd!r}: {text}\n"
-                              f"--- worker traceback ---\n{tb}")
-        if errors:
-            raise EnvFault("\n".join(errors))
-        return replies
+        return collect_replies(self, cmd, workers)
 
     def _recv(self, w: int, cmd: str):
         conn, proc = self._conns[w], self._procs[w]
