@@ -13,7 +13,8 @@ import torch
 from tests.conftest import ROOT, TINY, WORKERS
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+# SIGTERM (schedulers, scancel) in the default run; SIGINT takes the same path (slow marker)
+@pytest.mark.parametrize("sig", [pytest.param(signal.SIGINT, marks=pytest.mark.slow), signal.SIGTERM])
 def test_interrupt_writes_a_loadable_last_checkpoint(tmp_path, sig):
     args = [a for a in TINY if not a.startswith(("trainer.max_steps", "callbacks.last_checkpoint"))]
     cmd = [sys.executable, "train.py", *args, WORKERS, "trainer.max_steps=100000",

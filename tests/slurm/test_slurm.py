@@ -38,8 +38,10 @@ STEPS_PER_ITERATION = 2 * 1 * 2 * 20  # ranks x task slots each x (support + que
 
 
 def _task_logs(sweep: Path, job: str) -> dict[int, str]:
-    """stderr of each SLURM task (= DDP rank) of submitit's job dir `job`, by task id."""
-    return {int(p.name.split("_")[-2]): p.read_text()
+    """stderr + stdout of each SLURM task (= DDP rank) of submitit's job dir `job`, by task id
+    (Lightning's rank and signal messages go through Python logging to the console)."""
+    return {int(p.name.split("_")[-2]): p.read_text() + p.with_name(
+                p.name.replace("_log.err", "_log.out")).read_text()
             for p in (sweep / ".submitit" / job).glob("*_log.err")}
 
 
