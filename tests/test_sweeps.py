@@ -22,7 +22,7 @@ EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml
 SMOKE = [
     "benchmark.max_episode_steps=5", "model.hidden_dim=16", "algorithm.episodes_per_task=1",
     "trainer.max_steps=1", "trainer.enable_progress_bar=false",
-    "trainer.enable_model_summary=false", "data.vector_strategy=sync",
+    "trainer.enable_model_summary=false", "data.collector=vector", "data.vector_strategy=sync",
     "callbacks.meta_eval.num_evals=1", "callbacks.meta_eval.mt_episodes=1",
     "eval.adaptation_episodes=1", "eval.evaluation_episodes=1",
     "callbacks.last_checkpoint.every_n_train_steps=1",
@@ -45,7 +45,8 @@ def last_row(metrics_csv: Path, key: str) -> float:
 @pytest.mark.slow  # ~3.5 min on 2 loaded cores: building ML45/MT50 alone takes ~40 s each
 def test_multirun_over_every_experiment(tmp_path):
     sweep = tmp_path / "multirun"
-    proc = run_train(["-m", "experiment=glob(*)", *SMOKE, f"hydra.sweep.dir={sweep}"], tmp_path)
+    proc = run_train(["-m", "experiment=glob(*)", *SMOKE, f"hydra.sweep.dir={sweep}"], tmp_path,
+                     timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     jobs = sorted((d for d in sweep.iterdir() if d.name.isdigit()), key=lambda d: int(d.name))
     ran = []
