@@ -21,7 +21,7 @@ EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml
 # Shrinks any experiment without touching its benchmark or meta-batch (those must stay valid)
 SMOKE = [
     "benchmark.max_episode_steps=5", "model.hidden_dim=16", "algorithm.episodes_per_task=1",
-    "trainer.max_steps=1", "trainer.enable_progress_bar=false",
+    "trainer.max_steps=1", "max_env_steps=null", "trainer.enable_progress_bar=false",
     "trainer.enable_model_summary=false", "data.collector=vector", "data.vector_strategy=sync",
     "callbacks.meta_eval.num_evals=1", "callbacks.meta_eval.mt_episodes=1",
     "eval.adaptation_episodes=1", "eval.evaluation_episodes=1",
