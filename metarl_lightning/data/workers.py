@@ -25,16 +25,14 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import os
-import signal
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from multiprocessing.shared_memory import SharedMemory
 from typing import Any
 
 import numpy as np
 
-from metarl_lightning.envs.vector import _BLAS_VARS, child_env, collect_replies
+from metarl_lightning.envs.vector import _BLAS_VARS, child_env, collect_replies, serve
 from metarl_lightning.errors import EnvFault
 
 GEN_BYTES = 5056  # torch CPU generator state (algorithms/sampling.GENERATOR_STATE_BYTES)
@@ -174,30 +172,9 @@ def task_names(envs: Sequence) -> list | None:
 
 
 def _worker_main(conn, w, env_fns, slots, sampler, shm_name, spec) -> None:
-    # Ctrl-C and SIGTERM are the main process' job (it finishes the iteration and checkpoints
-    # these workers' state); SLURM's scancel signals every process of the job step, see
-    # envs/vector.py. The workers stop when the main process closes them or dies.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    worker, cmd, args = None, "info", ()
-    while True:
-        try:
-            if worker is None:
-                worker = _SlotWorker(w, env_fns, slots, sampler, shm_name, spec)
-            conn.send(("ok", getattr(worker, cmd)(*args)))
-        except Exception as exc:
-            conn.send(("error", (f"{type(exc).__name__}: {exc}", traceback.format_exc(),
-                                 task_names(worker.envs) if worker else None)))
-            if worker is None:
-                return
-        if cmd == "close":
-            return
-        try:
-            cmd, args = conn.recv()
-        except (EOFError, OSError):  # the main process is gone
-            with contextlib.suppress(Exception):
-                worker.close()
-            return
+    # envs/vector.serve: signals left to the main process, one reply per command, EOF = stop
+    serve(conn, lambda: _SlotWorker(w, env_fns, slots, sampler, shm_name, spec),
+          lambda worker: task_names(worker.envs))
 
 
 class PhaseWorkers:

@@ -167,22 +167,30 @@ def _task_names(worker: _Worker | None) -> list | None:
 
 
 def _worker_main(conn, env_fns, info_keys=None) -> None:
-    # Ctrl-C and SIGTERM are the main process' job: it finishes the meta-iteration (which needs
-    # these workers) and writes last.ckpt with their state. SLURM's scancel, preemption and time
-    # limit signal every process of a job step, workers included. The workers still stop when
-    # the main process closes them or dies (EOF below).
+    serve(conn, lambda: _Worker(env_fns, info_keys), _task_names)
+
+
+def serve(conn, build: Callable[[], Any], names: Callable[[Any], list | None]) -> None:
+    """A worker process' command loop, shared by these env workers and the rollout workers of
+    data/workers.py: build the worker object, then answer each `(cmd, args)` from the pipe with
+    `("ok", worker.cmd(*args))` or `("error", (message, traceback, names(worker)))`.
+
+    Ctrl-C and SIGTERM are the main process' job: it finishes the meta-iteration (which needs
+    these workers) and writes last.ckpt with their state. SLURM's scancel, preemption and time
+    limit signal every process of a job step, workers included. The workers still stop when the
+    main process closes them or dies (EOF below)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     worker, cmd, args = None, "info", ()
     while True:
         try:
             if worker is None:
-                worker = _Worker(env_fns, info_keys)
+                worker = build()
             conn.send(("ok", getattr(worker, cmd)(*args)))
         except Exception as exc:
             conn.send(("error", (f"{type(exc).__name__}: {exc}", traceback.format_exc(),
-                                 _task_names(worker))))
-            if worker is None:  # the env thunks failed: nothing to serve
+                                 names(worker) if worker is not None else None)))
+            if worker is None:  # building failed: nothing to serve
                 return
         if cmd == "close":
             return
