@@ -104,6 +104,8 @@ def load_runs(patterns: list[str]) -> list[Run]:
         report = json.loads(f.read_text())
         report["_mtime"], report["_path"] = f.stat().st_mtime, str(f)
         run_dir = Path(report.get("ckpt_path", "")).resolve().parent.parent  # <run>/checkpoints/x
+        if run_dir not in runs:  # a published row (scripts/publish_run.py): eval.json inside it
+            run_dir = next((d for d in f.parents if d in runs), run_dir)
         if run_dir in runs:
             runs[run_dir].evals.append(report)
     return list(runs.values())

@@ -110,3 +110,40 @@ def test_report_rejects_paths_without_runs(tmp_path):
     with pytest.raises(SystemExit, match="no train.py run dirs"):
         report_main([str(tmp_path)])
     assert load_runs([str(tmp_path)]) == []
+
+
+def test_published_row_keeps_its_eval_and_reports_like_a_run(tiny_cfg, tmp_path):
+    """scripts/publish_run.py: a results row holds last.ckpt, eval.json (ckpt_path rewritten to
+    the copy), config, curves and the commands; the report scores it with its eval.json."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from publish_run import publish
+
+    run_dir = tmp_path / "run"
+    cfg = tiny_cfg("seed=3", out=run_dir)
+    train(cfg)
+    (run_dir / ".hydra").mkdir()
+    OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
+    (run_dir / ".hydra" / "overrides.yaml").write_text(
+        "- experiment=ml1_cpu\n- seed=3\n- hydra.run.dir=/somewhere/run\n")
+    with pytest.raises(SystemExit, match="eval.json is missing"):
+        publish(run_dir, tmp_path / "results" / "x")
+    _fake_eval(run_dir / "eval", run_dir, 0.4, {"reach-v3": 0.4})
+    data = json.loads((run_dir / "eval" / "eval.json").read_text())
+    (run_dir / "eval" / "eval.json").write_text(json.dumps({
+        **data, "method": "maml_ppo", "env_name": "reach-v3", "train_seed": 3,
+        "meta_iterations": 2}))
+
+    dest = tmp_path / "results" / "ml1" / "reach-v3" / "maml_ppo" / "seed3"
+    publish(run_dir, dest)
+    assert (dest / "checkpoints" / "last.ckpt").read_bytes() == \
+        (run_dir / "checkpoints" / "last.ckpt").read_bytes()
+    published = json.loads((dest / "eval.json").read_text())
+    assert published["ckpt_path"].endswith("seed3/checkpoints/last.ckpt")
+    assert published["success_rate"] == 0.4
+    readme = (dest / "README.md").read_text()
+    assert "python train.py experiment=ml1_cpu seed=3\n" in readme
+    assert "hydra.run.dir" not in readme and "**0.400**" in readme
+
+    results = report_main([str(tmp_path / "results"), "--out", str(tmp_path / "r")])
+    (group,) = results
+    assert results[group]["source"] == "eval" and results[group]["mean"] == pytest.approx(0.4)
