@@ -24,7 +24,7 @@ log = logging.getLogger("metarl_lightning")
 
 # (message regex, why it is silenced). Each is emitted on every run and asks nothing of the user.
 _SILENCED_WARNINGS = (
-    (".*dataloader_iter.*", "we use the dataloader_iter training_step on purpose (maml_ppo.py)"),
+    (".*dataloader_iter.*", "we use the dataloader_iter training_step on purpose (algorithms/base.py)"),
     (".*LeafSpec.*", "torch pytree deprecation inside Lightning"),
     ("Using ModelCheckpoint with manual optimization",
      "a Lightning Step is one whole meta-iteration: the checkpoint holds its post-update state, "

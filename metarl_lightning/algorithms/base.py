@@ -4,7 +4,8 @@ checkpoint extras (env-step counter, run config, RNG states) that make resume ex
 
 A method subclasses `MetaRLModule`, sets the class attributes below, and implements the
 `MetaLearner` protocol of `types.py` (`act`, `mean_action`, `process_rollout`, ...) plus
-`training_step(dataloader_iter)`. See README "Adding a method".
+`update(batch) -> metrics`; `training_step` here pulls the batch, times it, steps the scheduler
+and logs. See README "Adding a method".
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import lightning as L
@@ -66,6 +67,30 @@ class MetaRLModule(L.LightningModule):
         adv = F.gae(r.rewards * self.hparams.reward_scale, values, next_values, r.terminated,
                     r.dones, self.hparams.gamma, self.hparams.gae_lambda)
         return r._replace(advantages=adv, returns=adv + values)
+
+    # --- the iteration skeleton -----------------------------------------------------------------
+    def training_step(self, dataloader_iter: Iterator) -> None:
+        """One meta-iteration: pull the batch, run the method's `update`, step the lr scheduler,
+        log against env steps. A method implements `update` only (MT-SAC, which takes many
+        batches per iteration, overrides this).
+
+        The batch is pulled here, not passed in: with the (batch, batch_idx) signature Lightning
+        prefetches the next batch before this update runs, so iteration k+1 would be collected
+        with pre-update parameters (stale on-policy data) and a checkpoint would hold RNG and env
+        state one batch ahead (resume could not be exact)."""
+        batch, _, _ = next(dataloader_iter)
+        batch = self.trainer.strategy.batch_to_device(batch)
+        start = time.perf_counter()
+        metrics = self.update(batch)
+        sched = self.lr_schedulers()
+        if sched is not None:
+            sched.step()
+        self._log_iteration(batch, metrics, time.perf_counter() - start)
+
+    def update(self, batch: MetaBatch) -> dict[str, Any]:
+        """The method's gradient steps on one meta-iteration's batch (on the module's device);
+        returns the metrics to log as train/<key>."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither update nor training_step")
 
     # --- one gradient step ------------------------------------------------------------------------
     def _update(self, opt: Any, loss: torch.Tensor, last: bool) -> torch.Tensor | None:

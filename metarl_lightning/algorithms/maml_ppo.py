@@ -7,8 +7,7 @@ details of PPO"): advantage normalisation, global grad-norm clipping, orthogonal
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -18,7 +17,7 @@ from metarl_lightning.algorithms import functional as F
 from metarl_lightning.algorithms.base import MetaRLModule, to_device
 from metarl_lightning.policies import ActorCritic
 from metarl_lightning.policies.distributions import gaussian_entropy, sample_tanh_gaussian, squash
-from metarl_lightning.types import Params, Rollout, State
+from metarl_lightning.types import MetaBatch, Params, Rollout, State
 
 
 class MAMLPPO(MetaRLModule):
@@ -111,15 +110,8 @@ class MAMLPPO(MetaRLModule):
         return {k: v.detach() for k, v in adapted.items()}
 
     # --- training ----------------------------------------------------------------------------
-    def training_step(self, dataloader_iter: Iterator) -> None:
-        # The batch is pulled here, not passed in: with the (batch, batch_idx) signature
-        # Lightning prefetches the next batch before this update runs, so iteration k+1 would be
-        # collected with pre-update parameters (stale on-policy data) and a checkpoint would hold
-        # RNG and env state one batch ahead (resume could not be exact).
-        batch, _, _ = next(dataloader_iter)
-        batch = self.trainer.strategy.batch_to_device(batch)
-        start = time.perf_counter()
-        opt, sched = self.optimizers(), self.lr_schedulers()
+    def update(self, batch: MetaBatch) -> dict:
+        opt = self.optimizers()
         # advantages with the current critic (the batch was collected with these parameters)
         support, query = self.process_rollout(batch.support), self.process_rollout(batch.query)
         q_adv = F.normalize(query.advantages, dim=-1)
@@ -150,14 +142,12 @@ class MAMLPPO(MetaRLModule):
                 metrics.update(policy_loss=policy_loss, value_loss=v_loss, entropy=entropy,
                                grad_norm=grad_norm)
             metrics.update(approx_kl=stats["approx_kl"], clip_fraction=stats["clip_fraction"])
-        if sched is not None:
-            sched.step()
         metrics.update(inner_loss=inner,
                        explained_variance=F.explained_variance(values.detach(), returns))
         if hp.learn_inner_lr:
             metrics["inner_lr_mean"] = torch.stack(
                 [v.mean() for v in self.inner_lrs.values()]).mean()
-        self._log_iteration(batch, metrics, time.perf_counter() - start)
+        return metrics
 
 
 def _key(name: str) -> str:

@@ -9,17 +9,15 @@ episodes per task slot with the shared policy. The update is plain PPO over all 
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from metarl_lightning.algorithms import functional as F
 from metarl_lightning.algorithms.base import MetaRLModule, SharedPolicyActing
-from metarl_lightning.policies.distributions import (
-    tanh_gaussian_log_prob,
-)
+from metarl_lightning.policies.distributions import tanh_gaussian_log_prob
+from metarl_lightning.types import MetaBatch
 
 
 class MTPPO(SharedPolicyActing, MetaRLModule):
@@ -53,12 +51,7 @@ class MTPPO(SharedPolicyActing, MetaRLModule):
     # process_rollout: the feed-forward critic's GAE of MetaRLModule
 
     # --- training ----------------------------------------------------------------------------
-    def training_step(self, dataloader_iter: Iterator) -> None:
-        # Batch pulled here, not passed in: see MAMLPPO.training_step (no stale prefetch).
-        batch, _, _ = next(dataloader_iter)
-        batch = self.trainer.strategy.batch_to_device(batch)
-        start = time.perf_counter()
-        opt, sched = self.optimizers(), self.lr_schedulers()
+    def update(self, batch: MetaBatch) -> dict:
         data = self.process_rollout(batch.support)  # one phase: (T, N) per field
         flat = {k: v.flatten(0, 1) for k, v in data._asdict().items()}  # (T*N, ...)
         actor = self.policy.actor
@@ -71,10 +64,8 @@ class MTPPO(SharedPolicyActing, MetaRLModule):
             return (log_probs, flat["log_probs"][idx], flat["advantages"][idx],
                     self.policy.value(obs), flat["returns"][idx], log_std)
 
-        metrics = self._ppo_epochs(opt, flat["obs"].shape[0], forward)
-        if sched is not None:
-            sched.step()
+        metrics = self._ppo_epochs(self.optimizers(), flat["obs"].shape[0], forward)
         # Sampling-time values (returns - advantages) against the returns, as in CleanRL.
         metrics["explained_variance"] = F.explained_variance(data.returns - data.advantages,
                                                              data.returns)
-        self._log_iteration(batch, metrics, time.perf_counter() - start)
+        return metrics

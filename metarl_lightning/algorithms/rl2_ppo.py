@@ -13,8 +13,7 @@ state resets at `init()` (a new round of test tasks), not between episodes.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 
@@ -27,7 +26,7 @@ from metarl_lightning.policies.distributions import (
     squash,
     tanh_gaussian_log_prob,
 )
-from metarl_lightning.types import Params, Rollout, State
+from metarl_lightning.types import MetaBatch, Params, Rollout, State
 
 
 class RL2PPO(MetaRLModule):
@@ -101,12 +100,7 @@ class RL2PPO(MetaRLModule):
         return r._replace(advantages=adv, returns=adv + values)
 
     # --- training ----------------------------------------------------------------------------
-    def training_step(self, dataloader_iter: Iterator) -> None:
-        # Batch pulled here, not passed in: see MAMLPPO.training_step (no stale prefetch).
-        batch, _, _ = next(dataloader_iter)
-        batch = self.trainer.strategy.batch_to_device(batch)
-        start = time.perf_counter()
-        opt, sched = self.optimizers(), self.lr_schedulers()
+    def update(self, batch: MetaBatch) -> dict:
         trials = self.process_rollout(batch.support)  # one phase: (T, N), one trial per slot
 
         def forward(idx: torch.Tensor):  # idx: a minibatch of whole trials
@@ -116,9 +110,7 @@ class RL2PPO(MetaRLModule):
             return (log_probs, trials.log_probs[idx], trials.advantages[idx], values,
                     trials.returns[idx], log_std)
 
-        metrics = self._ppo_epochs(opt, trials.obs.shape[0], forward)
-        if sched is not None:
-            sched.step()
+        metrics = self._ppo_epochs(self.optimizers(), trials.obs.shape[0], forward)
         metrics["explained_variance"] = F.explained_variance(trials.returns - trials.advantages,
                                                              trials.returns)
-        self._log_iteration(batch, metrics, time.perf_counter() - start)
+        return metrics
