@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import torch
 
@@ -76,3 +76,72 @@ class MetaLearner(Protocol):
     def adapt_for_sampling(self, params: Params, support: Rollout) -> Params:
         """Adapted per-task parameters from raw support experience (computes its advantages)."""
         ...
+
+
+# --- what the methods need from a policy (`model=` builds one; build.py checks the pairing) ------
+# Plain structural types: any nn.Module with these members fits, nothing to inherit.
+
+
+@runtime_checkable
+class GaussianActorLike(Protocol):
+    """A feed-forward tanh-Gaussian actor (policies/actor_critic.GaussianActor): called with
+    obs (..., obs) it gives the pre-squash mean and log-std (..., act); MAML calls it through
+    `torch.func.functional_call` with adapted parameters, so it must be a pure function of them."""
+
+    action_scale: torch.Tensor  # (act,) buffer: action = bias + scale * tanh(raw)
+    action_bias: torch.Tensor
+
+    def __call__(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def log_prob(self, obs: torch.Tensor, raw_actions: torch.Tensor) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class ActorCriticPolicy(Protocol):
+    """MAML-PPO, Meta-SGD and MT-PPO: an actor (the part MAML adapts) and a state-value critic.
+    policies/actor_critic.ActorCritic; policies/multihead.MultiHeadActorCritic adds `num_tasks`
+    and `multi_task = True` (one head per task, picked by the one-hot id in the obs)."""
+
+    obs_dim: int
+    action_dim: int
+    actor: GaussianActorLike
+
+    def value(self, obs: torch.Tensor) -> torch.Tensor:
+        """(..., obs) -> V(obs) (...)."""
+        ...
+
+    def num_params(self) -> int: ...
+
+
+@runtime_checkable
+class RecurrentPolicy(Protocol):
+    """RL²-PPO: a stateless recurrent actor-critic whose caller owns the state
+    (policies/recurrent.GRUActorCritic, `recurrent = True`)."""
+
+    obs_dim: int
+    action_dim: int
+    action_scale: torch.Tensor
+    action_bias: torch.Tensor
+
+    def initial_state(self, batch: int) -> torch.Tensor: ...
+
+    def __call__(self, obs: torch.Tensor, h: torch.Tensor) -> tuple[
+            torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """obs (B, L, obs), h (B, hidden) -> mean, log-std (B, L, act), value (B, L), last h."""
+        ...
+
+    def num_params(self) -> int: ...
+
+
+@runtime_checkable
+class SACPolicy(Protocol):
+    """MT-SAC: a tanh-Gaussian actor with reparameterised samples and twin Q critics, optionally
+    one head per task (policies/sac.SACActorCritic)."""
+
+    obs_dim: int
+    action_dim: int
+    num_tasks: int
+    actor: torch.nn.Module  # obs -> (mean, log_std); .rsample(obs) -> (action, log-prob)
+    critic: torch.nn.Module  # (obs, action) -> (2, ...) Q values
+
+    def num_params(self) -> int: ...

@@ -15,9 +15,8 @@ from torch.func import vmap
 
 from metarl_lightning.algorithms import functional as F
 from metarl_lightning.algorithms.base import MetaRLModule, to_device
-from metarl_lightning.policies import ActorCritic
 from metarl_lightning.policies.distributions import gaussian_entropy, sample_tanh_gaussian, squash
-from metarl_lightning.types import MetaBatch, Params, Rollout, State
+from metarl_lightning.types import ActorCriticPolicy, MetaBatch, Params, Rollout, State
 
 
 class MAMLPPO(MetaRLModule):
@@ -26,7 +25,7 @@ class MAMLPPO(MetaRLModule):
 
     def __init__(
         self,
-        policy: ActorCritic,
+        policy: ActorCriticPolicy,
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
         episodes_per_task: int = 1,  # read by the DataModule; stored for the record

@@ -12,12 +12,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torch import nn
 
 from metarl_lightning.algorithms import functional as F
 from metarl_lightning.algorithms.base import MetaRLModule, SharedPolicyActing
 from metarl_lightning.policies.distributions import tanh_gaussian_log_prob
-from metarl_lightning.types import MetaBatch
+from metarl_lightning.types import ActorCriticPolicy, MetaBatch
 
 
 class MTPPO(SharedPolicyActing, MetaRLModule):
@@ -27,7 +26,7 @@ class MTPPO(SharedPolicyActing, MetaRLModule):
 
     def __init__(
         self,
-        policy: nn.Module,  # ActorCritic or MultiHeadActorCritic: .actor(obs), .value(obs)
+        policy: ActorCriticPolicy,  # ActorCritic or MultiHeadActorCritic
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
         episodes_per_task: int = 1,  # read by the DataModule; stored for the record

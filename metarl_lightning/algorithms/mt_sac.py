@@ -28,6 +28,7 @@ from metarl_lightning.data.collector import single_threaded_torch
 from metarl_lightning.data.offpolicy import ReplayBatch, TaskReplayBuffer
 from metarl_lightning.errors import ConfigError
 from metarl_lightning.policies.sac import SACActorCritic
+from metarl_lightning.types import SACPolicy
 
 
 class MTSAC(SharedPolicyActing, MetaRLModule):
@@ -53,7 +54,7 @@ class MTSAC(SharedPolicyActing, MetaRLModule):
 
     def __init__(
         self,
-        policy: nn.Module,  # SACActorCritic: .actor (tanh-Gaussian), .critic (twin Q)
+        policy: SACPolicy,  # policies/sac.SACActorCritic
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Any = None,  # not supported: SAC runs at constant learning rates
         episodes_per_task: int = 1,  # train.py passes it to the DataModule; unused off-policy

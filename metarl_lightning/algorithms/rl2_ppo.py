@@ -20,13 +20,12 @@ import torch
 from metarl_lightning.algorithms import functional as F
 from metarl_lightning.algorithms.base import MetaRLModule, to_device
 from metarl_lightning.algorithms.sampling import RecurrentSampler
-from metarl_lightning.policies import GRUActorCritic
 from metarl_lightning.policies.distributions import (
     sample_tanh_gaussian,
     squash,
     tanh_gaussian_log_prob,
 )
-from metarl_lightning.types import MetaBatch, Params, Rollout, State
+from metarl_lightning.types import MetaBatch, Params, RecurrentPolicy, Rollout, State
 
 
 class RL2PPO(MetaRLModule):
@@ -36,7 +35,7 @@ class RL2PPO(MetaRLModule):
 
     def __init__(
         self,
-        policy: GRUActorCritic,
+        policy: RecurrentPolicy,
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
         episodes_per_task: int = 2,  # trial length in episodes; read by the DataModule
