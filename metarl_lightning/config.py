@@ -265,9 +265,7 @@ def validate(cfg: Any) -> None:
     if world is not None:  # otherwise checked when the ranks exist (DataModule.setup)
         envs.check_world_size(info, b.meta_batch_size, world)
     check_method(cfg, info)
-    own_check = getattr(get_class(cfg.algorithm._target_), "check_config", None)
-    if own_check is not None:  # a method's own keys (e.g. MTSAC.check_config)
-        own_check(cfg.algorithm)
+    get_class(cfg.algorithm._target_).check_config(cfg.algorithm)  # the method's own keys
     max_env_steps = cfg.get("max_env_steps")
     if max_env_steps is not None and max_env_steps <= 0:
         raise ConfigError(f"max_env_steps must be > 0 or null, got {max_env_steps}")
@@ -275,12 +273,6 @@ def validate(cfg: Any) -> None:
         "benchmark.max_episode_steps": b.max_episode_steps,
         "trainer.max_steps": cfg.trainer.max_steps,
         "algorithm.optimizer.lr": cfg.algorithm.optimizer.lr,
-        "algorithm.episodes_per_task": cfg.algorithm.get("episodes_per_task", 1),
-        "algorithm.inner_steps": cfg.algorithm.get("inner_steps", 1),
-        "algorithm.inner_lr": cfg.algorithm.get("inner_lr", 1.0),
-        "algorithm.outer_epochs": cfg.algorithm.get("outer_epochs", 1),
-        "algorithm.update_epochs": cfg.algorithm.get("update_epochs", 1),
-        "algorithm.num_minibatches": cfg.algorithm.get("num_minibatches", 1),
     }
     if cfg.data.env_restarts < 0:
         raise ConfigError(f"data.env_restarts must be >= 0, got {cfg.data.env_restarts}")

@@ -25,7 +25,7 @@ from metarl_lightning.algorithms.sampling import ActorSampler, Sampler
 from metarl_lightning.data.collector import single_threaded_torch
 from metarl_lightning.policies.distributions import gaussian_entropy, sample_tanh_gaussian, squash
 from metarl_lightning.runlog import per_task_success
-from metarl_lightning.types import MetaBatch, Params, Rollout, State
+from metarl_lightning.types import ConfigError, MetaBatch, Params, Rollout, State
 
 
 class MetaRLModule(L.LightningModule):
@@ -34,6 +34,17 @@ class MetaRLModule(L.LightningModule):
     benchmark_kinds: ClassVar[tuple[str, ...]] = ("ml", "mt")  # which benchmarks it runs on
     recurrent_policy: ClassVar[bool] = False  # needs a recurrent policy (model=gru)
     needs_one_hot: ClassVar[bool] = False  # needs the one-hot task id (benchmark.use_one_hot)
+    positive_keys: ClassVar[tuple[str, ...]] = ("episodes_per_task",)  # algorithm.* keys > 0
+
+    @classmethod
+    def check_config(cls, algorithm_cfg: Any) -> None:
+        """The method's own `algorithm.*` keys, checked by config.validate before anything is
+        built (config.py holds no per-method code). Override to check more than positivity."""
+        for key in cls.positive_keys:
+            value = algorithm_cfg.get(key)
+            if value is None or not value > 0:
+                raise ConfigError(f"algorithm.{key} must be > 0, got {value}; set e.g. "
+                                  f"algorithm.{key}=<positive value>")
 
     def __init__(self, optimizer: Callable[..., torch.optim.Optimizer],
                  scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None):

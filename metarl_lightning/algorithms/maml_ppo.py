@@ -21,6 +21,7 @@ from metarl_lightning.types import ActorCriticPolicy, MetaBatch, Params, Rollout
 
 class MAMLPPO(MetaRLModule):
     name = "maml_ppo"
+    positive_keys = ("episodes_per_task", "inner_lr", "inner_steps", "outer_epochs")
     inner_loop = True
 
     def __init__(

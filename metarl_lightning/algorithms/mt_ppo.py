@@ -21,6 +21,7 @@ from metarl_lightning.types import ActorCriticPolicy, MetaBatch
 
 class MTPPO(SharedPolicyActing, MetaRLModule):
     name = "mt_ppo"
+    positive_keys = ("episodes_per_task", "update_epochs", "num_minibatches")
     benchmark_kinds = ("mt",)
     needs_one_hot = True
 

@@ -37,8 +37,8 @@ class MTSAC(SharedPolicyActing, MetaRLModule):
     needs_one_hot = True
     off_policy = True  # the DataModule streams replay batches (data/offpolicy.py)
 
-    @staticmethod
-    def check_config(algorithm_cfg: Any) -> None:
+    @classmethod
+    def check_config(cls, algorithm_cfg: Any) -> None:
         """Called by config.validate before anything is built."""
         check_keys(algorithm_cfg)
 

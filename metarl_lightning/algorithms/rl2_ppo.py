@@ -30,6 +30,7 @@ from metarl_lightning.types import MetaBatch, Params, RecurrentPolicy, Rollout, 
 
 class RL2PPO(MetaRLModule):
     name = "rl2_ppo"
+    positive_keys = ("episodes_per_task", "update_epochs", "num_minibatches")
     benchmark_kinds = ("ml",)
     recurrent_policy = True
 
