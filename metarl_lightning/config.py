@@ -30,6 +30,9 @@ class ModelConfig:
     layer_norm: bool = True
     activation: str = "tanh"
     init_log_std: float = 0.0
+    # Every model=: tanh-squashed actions (default); false: Gaussian actions clipped to the box,
+    # as metaworld-algorithms' MAML-TRPO and RL² (policies/distributions.py). MT-SAC needs true.
+    squash: bool = True
 
 
 @dataclass
@@ -44,6 +47,7 @@ class GRUModelConfig:
     _target_: str = "metarl_lightning.policies.GRUActorCritic"
     hidden_dim: int = 128
     init_log_std: float = 0.0
+    squash: bool = True
 
 
 @dataclass
@@ -265,7 +269,7 @@ def validate(cfg: Any) -> None:
     if world is not None:  # otherwise checked when the ranks exist (DataModule.setup)
         envs.check_world_size(info, b.meta_batch_size, world)
     check_method(cfg, info)
-    get_class(cfg.algorithm._target_).check_config(cfg.algorithm)  # the method's own keys
+    get_class(cfg.algorithm._target_).check_config(cfg)  # the method's own demands
     max_env_steps = cfg.get("max_env_steps")
     if max_env_steps is not None and max_env_steps <= 0:
         raise ConfigError(f"max_env_steps must be > 0 or null, got {max_env_steps}")

@@ -90,6 +90,7 @@ class GaussianActorLike(Protocol):
 
     action_scale: torch.Tensor  # (act,) buffer: action = bias + scale * tanh(raw)
     action_bias: torch.Tensor
+    squash: bool  # False: action = raw clipped to the box (policies/distributions.py)
 
     def __call__(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
 
@@ -122,6 +123,7 @@ class RecurrentPolicy(Protocol):
     action_dim: int
     action_scale: torch.Tensor
     action_bias: torch.Tensor
+    squash: bool
 
     def initial_state(self, batch: int) -> torch.Tensor: ...
 

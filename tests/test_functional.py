@@ -94,6 +94,29 @@ def test_tanh_gaussian_log_prob_matches_torch_distributions():
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
 
 
+def test_clipped_gaussian_actions_and_log_prob():
+    """model.squash=false: the log-prob is the Gaussian's of the raw sample (torch.distributions),
+    the action is the raw sample clipped to the box, the mean action the clipped mean."""
+    torch.manual_seed(0)
+    mean, log_std = torch.randn(5, 3) * 2, torch.randn(3) * 0.3
+    scale, bias = torch.tensor([1.0, 2.0, 0.5]), torch.tensor([0.0, 1.0, -0.5])
+    noise = torch.randn(5, 3)
+    action, raw, lp = D.sample_action(mean, log_std.expand_as(mean), scale, bias, False, noise)
+    torch.testing.assert_close(raw, mean + log_std.exp() * noise)
+    expected = torch.distributions.Normal(mean, log_std.exp()).log_prob(raw).sum(-1)
+    torch.testing.assert_close(lp, expected)
+    assert ((action >= bias - scale) & (action <= bias + scale)).all()
+    inside = (raw >= bias - scale) & (raw <= bias + scale)
+    assert inside.any() and (~inside).any()  # the sample exercises both branches
+    torch.testing.assert_close(action[inside], raw[inside])
+    torch.testing.assert_close(action[~inside], (bias + scale * raw.sign()).expand_as(raw)[~inside])
+    # the squashed path is unchanged by the option
+    a2, raw2, lp2 = D.sample_action(mean, log_std.expand_as(mean), scale, bias, True, noise)
+    torch.testing.assert_close(a2, D.squash(raw2, scale, bias))
+    torch.testing.assert_close(lp2, D.tanh_gaussian_log_prob(mean, log_std.expand_as(mean), raw2,
+                                                             scale))
+
+
 def test_tanh_log_prob_is_finite_when_saturated():
     u = torch.tensor([[30.0, -30.0]])
     lp = D.tanh_gaussian_log_prob(torch.zeros(1, 2), torch.zeros(1, 2), u, torch.ones(2))

@@ -14,10 +14,10 @@ from metarl_lightning.policies import ActorCritic
 T, N = 3, 12
 
 
-def _problem(layer_norm=True, seed=0):
+def _problem(layer_norm=True, seed=0, squash=True):
     torch.manual_seed(seed)
     actor = ActorCritic(5, 2, hidden_dim=8, num_layers=2, layer_norm=layer_norm,
-                        init_log_std=-0.3).double().actor
+                        init_log_std=-0.3, squash=squash).double().actor
     lp = F.make_log_prob_fn(actor)
     g = lambda *s: torch.randn(*s, dtype=torch.float64)
     data = dict(obs=g(T, N, 5), u=g(T, N, 2), adv=g(T, N), qobs=g(T, N, 5), qu=g(T, N, 2),
@@ -38,9 +38,9 @@ def _directional(grads, direction):
     return sum((grads[k] * direction[k]).sum() for k in grads).item()
 
 
-@pytest.mark.parametrize("layer_norm", [True, False])
-def test_second_order_meta_gradient_matches_finite_differences(layer_norm):
-    lp, params, d = _problem(layer_norm)
+@pytest.mark.parametrize("layer_norm, squash", [(True, True), (False, True), (True, False)])
+def test_second_order_meta_gradient_matches_finite_differences(layer_norm, squash):
+    lp, params, d = _problem(layer_norm, squash=squash)
     grads = dict(zip(params, torch.autograd.grad(_meta_objective(lp, params, d),
                                                  list(params.values()))))
     torch.manual_seed(1)

@@ -32,6 +32,9 @@ METHODS = {  # name -> overrides of a tiny run on the benchmark it is meant for
     "rl2_ppo": ["algorithm=rl2_ppo", "model=gru"],
     "mt_ppo": ["algorithm=mt_ppo", "benchmark=mt1"],
     "mt_ppo_multihead": ["algorithm=mt_ppo", "benchmark=mt1", "model=multihead_mlp"],
+    # Gaussian actions clipped to the box (model.squash=false) through sampling, update, protocol
+    "rl2_ppo_clipped": ["algorithm=rl2_ppo", "model=gru", "model.squash=false"],
+    "mt_ppo_clipped": ["algorithm=mt_ppo", "benchmark=mt1", "model.squash=false"],
 }
 
 
@@ -55,7 +58,7 @@ def test_method_trains_one_step_and_follows_the_protocol(method, tmp_path):
                           meta_batch_size=5 if bench.name == "ML1" else None,
                           max_episode_steps=10, num_evals=2, adaptation_episodes=2,
                           evaluation_episodes=1, mt_episodes=2, vector_strategy="sync",
-                          recurrent_info_in_obs=method == "rl2_ppo")
+                          recurrent_info_in_obs=method.startswith("rl2_ppo"))
     try:
         result = evaluator.run(module)
     finally:
@@ -275,3 +278,21 @@ def test_method_experiment_files_compose_and_validate(name, tmp_path):
     cfg = compose_cfg([f"experiment={name}"], tmp_path)
     schema.validate(cfg)
     assert cfg.algorithm._target_.endswith(("RL2PPO", "MTPPO"))
+
+
+def test_maml_trains_with_clipped_gaussian_actions(tiny_cfg):
+    """model.squash=false through MAML-PPO's sampling, inner step and outer update: the stored
+    raw actions are the clipped actions' Gaussian samples and the losses are finite."""
+    cfg = tiny_cfg("model.squash=false", "trainer.max_steps=1")
+    metrics, objs = train(cfg)
+    module = objs["module"]
+    assert module.policy.actor.squash is False
+    for key in ("train/policy_loss", "train/inner_loss", "train/value_loss", "train/grad_norm"):
+        assert torch.isfinite(torch.tensor(metrics[key])), key
+    with torch.no_grad():
+        module.policy.actor.net[-1].bias.fill_(3.0)  # means far outside the [-1, 1] box
+    obs = torch.zeros(1, 64, 39)
+    mean_action, _ = module.mean_action(module.sampling_params(1), obs)
+    assert torch.equal(mean_action, torch.ones_like(mean_action))  # clipped, not squashed
+    action, raw, _, _ = module.act(module.sampling_params(1), obs)
+    assert (raw > 1).any() and action.max() <= 1.0 and torch.equal(action[raw < 1], raw[raw < 1])

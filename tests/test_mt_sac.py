@@ -228,6 +228,7 @@ def test_max_env_steps_stops_any_method_at_its_budget(tmp_path):
     (["algorithm.scheduler={_target_:torch.optim.lr_scheduler.ConstantLR,_partial_:true}"],
      "set algorithm.scheduler=null"),
     (["model=gru"], "model=gru is a recurrent policy"),
+    (["model.squash=false"], "needs tanh-squashed actions; set model.squash=true"),
 ])
 def test_bad_mt_sac_settings_are_config_errors(args, message, tmp_path):
     with pytest.raises(ConfigError, match=message):  # before anything is built

@@ -23,7 +23,7 @@ import torch
 from metarl_lightning.algorithms import functional as F
 from metarl_lightning.algorithms.sampling import ActorSampler, Sampler
 from metarl_lightning.data.collector import single_threaded_torch
-from metarl_lightning.policies.distributions import gaussian_entropy, sample_tanh_gaussian, squash
+from metarl_lightning.policies.distributions import gaussian_entropy, sample_action, to_action
 from metarl_lightning.runlog import per_task_success
 from metarl_lightning.types import ConfigError, MetaBatch, Params, Rollout, State
 
@@ -37,11 +37,12 @@ class MetaRLModule(L.LightningModule):
     positive_keys: ClassVar[tuple[str, ...]] = ("episodes_per_task",)  # algorithm.* keys > 0
 
     @classmethod
-    def check_config(cls, algorithm_cfg: Any) -> None:
-        """The method's own `algorithm.*` keys, checked by config.validate before anything is
-        built (config.py holds no per-method code). Override to check more than positivity."""
+    def check_config(cls, cfg: Any) -> None:
+        """The method's own demands on the run config (its `algorithm.*` keys, or the model it
+        needs), checked by config.validate before anything is built: config.py holds no
+        per-method code. Override to check more than positive keys."""
         for key in cls.positive_keys:
-            value = algorithm_cfg.get(key)
+            value = cfg.algorithm.get(key)
             if value is None or not value > 0:
                 raise ConfigError(f"algorithm.{key} must be > 0, got {value}; set e.g. "
                                   f"algorithm.{key}=<positive value>")
@@ -240,14 +241,15 @@ class SharedPolicyActing:
     def act(self, params: Params, obs: torch.Tensor, state: State = None):
         actor = self.policy.actor
         mean, log_std = actor(obs.to(self.device))  # (T, B, act)
-        return (*sample_tanh_gaussian(mean, log_std, actor.action_scale, actor.action_bias),
-                state)
+        return (*sample_action(mean, log_std, actor.action_scale, actor.action_bias,
+                               getattr(actor, "squash", True)), state)
 
     @torch.no_grad()
     def mean_action(self, params: Params, obs: torch.Tensor, state: State = None):
         actor = self.policy.actor
         mean, _ = actor(obs.to(self.device))
-        return squash(mean, actor.action_scale, actor.action_bias), state
+        return to_action(mean, actor.action_scale, actor.action_bias,
+                         getattr(actor, "squash", True)), state
 
 
 def minibatches(n: int, num_minibatches: int, device: torch.device) -> tuple[torch.Tensor, ...]:

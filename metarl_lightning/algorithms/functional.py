@@ -11,7 +11,7 @@ from collections.abc import Callable
 import torch
 from torch.func import functional_call, grad, vmap
 
-from metarl_lightning.policies.distributions import tanh_gaussian_log_prob
+from metarl_lightning.policies.distributions import action_log_prob
 from metarl_lightning.types import Params
 
 
@@ -93,7 +93,7 @@ def make_log_prob_fn(actor: torch.nn.Module) -> LogProbFn:
 def _log_prob(actor: torch.nn.Module, params: Params, obs: torch.Tensor,
               raw_actions: torch.Tensor) -> torch.Tensor:
     mean, log_std = actor_forward(actor, params, obs)
-    return tanh_gaussian_log_prob(mean, log_std, raw_actions, actor.action_scale)
+    return action_log_prob(mean, log_std, raw_actions, actor.action_scale, actor.squash)
 
 
 def inner_loss(log_prob_fn: LogProbFn, params: Params, obs: torch.Tensor,

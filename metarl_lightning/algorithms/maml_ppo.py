@@ -15,7 +15,7 @@ from torch.func import vmap
 
 from metarl_lightning.algorithms import functional as F
 from metarl_lightning.algorithms.base import MetaRLModule, to_device
-from metarl_lightning.policies.distributions import gaussian_entropy, sample_tanh_gaussian, squash
+from metarl_lightning.policies.distributions import gaussian_entropy, sample_action, to_action
 from metarl_lightning.types import ActorCriticPolicy, MetaBatch, Params, Rollout, State
 
 
@@ -88,14 +88,15 @@ class MAMLPPO(MetaRLModule):
     @torch.no_grad()
     def mean_action(self, params: Params, obs: torch.Tensor, state: State = None):
         mean, _ = self._forward(params, obs)
-        return squash(mean, self.policy.actor.action_scale, self.policy.actor.action_bias), state
+        actor = self.policy.actor
+        return to_action(mean, actor.action_scale, actor.action_bias, actor.squash), state
 
     @torch.no_grad()
     def act(self, params: Params, obs: torch.Tensor, state: State = None):
         actor = self.policy.actor
         mean, log_std = self._forward(params, obs)
-        return (*sample_tanh_gaussian(mean, log_std, actor.action_scale, actor.action_bias),
-                state)
+        return (*sample_action(mean, log_std, actor.action_scale, actor.action_bias,
+                               actor.squash), state)
 
     # process_rollout: the feed-forward critic's GAE of MetaRLModule
 

@@ -15,7 +15,7 @@ import torch
 
 from metarl_lightning.algorithms import functional as F
 from metarl_lightning.algorithms.base import MetaRLModule, SharedPolicyActing
-from metarl_lightning.policies.distributions import tanh_gaussian_log_prob
+from metarl_lightning.policies.distributions import action_log_prob
 from metarl_lightning.types import ActorCriticPolicy, MetaBatch
 
 
@@ -59,8 +59,8 @@ class MTPPO(SharedPolicyActing, MetaRLModule):
         def forward(idx: torch.Tensor):
             obs = flat["obs"][idx]
             mean, log_std = actor(obs)
-            log_probs = tanh_gaussian_log_prob(mean, log_std, flat["raw_actions"][idx],
-                                               actor.action_scale)
+            log_probs = action_log_prob(mean, log_std, flat["raw_actions"][idx],
+                                        actor.action_scale, actor.squash)
             return (log_probs, flat["log_probs"][idx], flat["advantages"][idx],
                     self.policy.value(obs), flat["returns"][idx], log_std)
 

@@ -38,9 +38,11 @@ class MTSAC(SharedPolicyActing, MetaRLModule):
     off_policy = True  # the DataModule streams replay batches (data/offpolicy.py)
 
     @classmethod
-    def check_config(cls, algorithm_cfg: Any) -> None:
+    def check_config(cls, cfg: Any) -> None:
         """Called by config.validate before anything is built."""
-        check_keys(algorithm_cfg)
+        check_keys(cfg.algorithm)
+        if not cfg.model.get("squash", True):  # entropy and log-probs of the bounded actions
+            raise ConfigError("algorithm=mt_sac needs tanh-squashed actions; set model.squash=true")
 
     @staticmethod
     def policy_class(model_target: str) -> tuple[type, dict]:

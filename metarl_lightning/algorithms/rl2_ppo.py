@@ -20,11 +20,7 @@ import torch
 from metarl_lightning.algorithms import functional as F
 from metarl_lightning.algorithms.base import MetaRLModule, to_device
 from metarl_lightning.algorithms.sampling import RecurrentSampler
-from metarl_lightning.policies.distributions import (
-    sample_tanh_gaussian,
-    squash,
-    tanh_gaussian_log_prob,
-)
+from metarl_lightning.policies.distributions import action_log_prob, sample_action, to_action
 from metarl_lightning.types import MetaBatch, Params, RecurrentPolicy, Rollout, State
 
 
@@ -69,13 +65,14 @@ class RL2PPO(MetaRLModule):
         state = self.initial_state(obs.shape[0]) if state is None else state
         mean, log_std, _, state = self.policy(obs.to(self.device), state)
         p = self.policy
-        return (*sample_tanh_gaussian(mean, log_std, p.action_scale, p.action_bias), state)
+        return (*sample_action(mean, log_std, p.action_scale, p.action_bias, p.squash), state)
 
     @torch.no_grad()
     def mean_action(self, params: Params, obs: torch.Tensor, state: State = None):
         state = self.initial_state(obs.shape[0]) if state is None else state
         mean, _, _, state = self.policy(obs.to(self.device), state)
-        return squash(mean, self.policy.action_scale, self.policy.action_bias), state
+        p = self.policy
+        return to_action(mean, p.action_scale, p.action_bias, p.squash), state
 
     def unroll(self, obs: torch.Tensor):
         """Whole trials from the trial-start state: obs (B, N, obs) -> mean, log_std (B, N, act),
@@ -105,8 +102,8 @@ class RL2PPO(MetaRLModule):
 
         def forward(idx: torch.Tensor):  # idx: a minibatch of whole trials
             mean, log_std, values = self.unroll(trials.obs[idx])  # (B, N, ...)
-            log_probs = tanh_gaussian_log_prob(mean, log_std, trials.raw_actions[idx],
-                                               self.policy.action_scale)
+            log_probs = action_log_prob(mean, log_std, trials.raw_actions[idx],
+                                        self.policy.action_scale, self.policy.squash)
             return (log_probs, trials.log_probs[idx], trials.advantages[idx], values,
                     trials.returns[idx], log_std)
 

@@ -16,17 +16,18 @@ from torch import nn
 from torch.func import vmap
 
 from metarl_lightning.algorithms import functional as F
-from metarl_lightning.policies.distributions import squash, tanh_gaussian_log_prob
+from metarl_lightning.policies.distributions import sample_action
 from metarl_lightning.types import Params, State
 
 GENERATOR_STATE_BYTES = 5056  # torch.Generator().get_state().numel() (CPU mt19937)
 
 
-def sample_with_noise(mean: torch.Tensor, log_std: torch.Tensor, scale: torch.Tensor,
-                      bias: torch.Tensor, noise: torch.Tensor):
-    """Tanh-Gaussian sample from given standard-normal `noise` (same shape as `mean`)."""
-    raw = mean + log_std.exp() * noise
-    return squash(raw, scale, bias), raw, tanh_gaussian_log_prob(mean, log_std, raw, scale)
+def sample_with_noise(mean: torch.Tensor, log_std: torch.Tensor, module: nn.Module,
+                      noise: torch.Tensor):
+    """(action, raw action, log-prob) from given standard-normal `noise` (same shape as `mean`),
+    with `module`'s action box and squash setting."""
+    return sample_action(mean, log_std, module.action_scale, module.action_bias,
+                         getattr(module, "squash", True), noise)
 
 
 def slot_generators(seed: int, slots: list[int]) -> list[torch.Generator]:
@@ -96,8 +97,7 @@ class ActorSampler(Sampler):
             mean, log_std = actor(obs)
         else:
             mean, log_std = vmap(lambda p, o: F.actor_forward(actor, p, o))(params, obs)
-        return (*sample_with_noise(mean, log_std, actor.action_scale, actor.action_bias, noise),
-                state)
+        return (*sample_with_noise(mean, log_std, actor, noise), state)
 
 
 class RecurrentSampler(Sampler):
@@ -111,4 +111,4 @@ class RecurrentSampler(Sampler):
         p = self.module
         state = self.initial_state(obs.shape[0]) if state is None else state
         mean, log_std, _, state = p(obs, state)
-        return (*sample_with_noise(mean, log_std, p.action_scale, p.action_bias, noise), state)
+        return (*sample_with_noise(mean, log_std, p, noise), state)

@@ -66,13 +66,15 @@ def mlp(in_dim: int, sizes: list[int], out_dim: int | None, *, layer_norm: bool,
 
 
 class GaussianActor(nn.Module):
-    """obs (..., obs_dim) -> (mean, log_std) of the pre-squash Gaussian; log-std is a learnable,
-    state-independent vector. Action box bounds are buffers (not adapted, not trained)."""
+    """obs (..., obs_dim) -> (mean, log_std) of the raw Gaussian; log-std is a learnable,
+    state-independent vector. Action box bounds are buffers (not adapted, not trained).
+    `squash`: actions tanh-squashed into the box (default) or clipped (distributions.py)."""
 
     def __init__(self, obs_dim: int, action_dim: int, sizes: list[int], *, layer_norm: bool,
                  activation: str, init_log_std: float, action_low: torch.Tensor,
-                 action_high: torch.Tensor, net: nn.Module | None = None):
+                 action_high: torch.Tensor, net: nn.Module | None = None, squash: bool = True):
         super().__init__()
+        self.squash = bool(squash)
         # `net`: another obs -> mean network (e.g. the multi-head MLP); default a plain MLP
         self.net = net if net is not None else mlp(
             obs_dim, sizes, action_dim, layer_norm=layer_norm, activation=activation,
@@ -87,7 +89,7 @@ class GaussianActor(nn.Module):
 
     def log_prob(self, obs: torch.Tensor, raw_actions: torch.Tensor) -> torch.Tensor:
         mean, log_std = self(obs)
-        return D.tanh_gaussian_log_prob(mean, log_std, raw_actions, self.action_scale)
+        return D.action_log_prob(mean, log_std, raw_actions, self.action_scale, self.squash)
 
 
 class ActorCritic(nn.Module):
@@ -95,7 +97,8 @@ class ActorCritic(nn.Module):
 
     def __init__(self, obs_dim: int, action_dim: int, hidden_dim: int = 256, num_layers: int = 3,
                  shrink_last: bool = True, layer_norm: bool = True, activation: str = "tanh",
-                 init_log_std: float = 0.0, action_low: float = -1.0, action_high: float = 1.0):
+                 init_log_std: float = 0.0, action_low: float = -1.0, action_high: float = 1.0,
+                 squash: bool = True):
         super().__init__()
         sizes = hidden_sizes(hidden_dim, num_layers, shrink_last)
         low = torch.full((action_dim,), float(action_low))
@@ -103,7 +106,7 @@ class ActorCritic(nn.Module):
         self.obs_dim, self.action_dim = obs_dim, action_dim
         self.actor = GaussianActor(obs_dim, action_dim, sizes, layer_norm=layer_norm,
                                    activation=activation, init_log_std=init_log_std,
-                                   action_low=low, action_high=high)
+                                   action_low=low, action_high=high, squash=squash)
         self.critic = mlp(obs_dim, sizes, 1, layer_norm=layer_norm, activation=activation,
                           out_gain=1.0)
 

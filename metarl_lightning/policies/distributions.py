@@ -1,8 +1,14 @@
-"""Tanh-squashed diagonal Gaussian, scaled to the env's action box.
+"""Diagonal Gaussian actions, tanh-squashed into the env's action box (the default) or clipped.
 
-a = bias + scale * tanh(u), u ~ N(mean, std). We store u (the raw action) at sampling time, so the
-log-prob never needs atanh of a saturated action. Change of variables (SAC, Haarnoja et al. 2018,
-appendix C):  log p(a) = log N(u) - sum_i log(scale_i * (1 - tanh(u_i)^2)).
+Squashed (`squash=True`): a = bias + scale * tanh(u), u ~ N(mean, std). We store u (the raw
+action) at sampling time, so the log-prob never needs atanh of a saturated action. Change of
+variables (SAC, Haarnoja et al. 2018, appendix C):
+log p(a) = log N(u) - sum_i log(scale_i * (1 - tanh(u_i)^2)).
+
+Clipped (`squash=False`, model.squash=false): u ~ N(mean, std) is the action in env units, sent
+clipped to the box; the log-prob is the Gaussian's of u (the clip is the env's business, as in
+MAML-TRPO and RL² of rainx0r/metaworld-algorithms, `squash_tanh=False`). The entropy bonus then
+acts on the actual action distribution instead of the pre-squash one.
 """
 
 from __future__ import annotations
@@ -47,3 +53,32 @@ def sample_tanh_gaussian(mean: torch.Tensor, log_std: torch.Tensor, scale: torch
     """(action in the box, raw pre-tanh sample u, log-prob of the action) for (..., act) inputs."""
     raw = mean + log_std.exp() * torch.randn_like(mean)
     return squash(raw, scale, bias), raw, tanh_gaussian_log_prob(mean, log_std, raw, scale)
+
+
+def clip_to_box(u: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    return torch.maximum(torch.minimum(u, bias + scale), bias - scale)
+
+
+def to_action(u: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor,
+              squash_actions: bool = True) -> torch.Tensor:
+    """The env action for raw Gaussian sample(s) or mean(s) u."""
+    return squash(u, scale, bias) if squash_actions else clip_to_box(u, scale, bias)
+
+
+def action_log_prob(mean: torch.Tensor, log_std: torch.Tensor, u: torch.Tensor,
+                    scale: torch.Tensor, squash_actions: bool = True) -> torch.Tensor:
+    """Log-prob of the raw sample u under the actor's action distribution (see module doc)."""
+    if squash_actions:
+        return tanh_gaussian_log_prob(mean, log_std, u, scale)
+    return gaussian_log_prob(mean, log_std, u)
+
+
+def sample_action(mean: torch.Tensor, log_std: torch.Tensor, scale: torch.Tensor,
+                  bias: torch.Tensor, squash_actions: bool = True,
+                  noise: torch.Tensor | None = None):
+    """(action in the box, raw sample u, log-prob); `noise`: given standard normals (the rollout
+    workers' per-slot draws), else drawn here."""
+    noise = torch.randn_like(mean) if noise is None else noise
+    raw = mean + log_std.exp() * noise
+    return (to_action(raw, scale, bias, squash_actions), raw,
+            action_log_prob(mean, log_std, raw, scale, squash_actions))

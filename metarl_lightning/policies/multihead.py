@@ -53,7 +53,7 @@ class MultiHeadActorCritic(nn.Module):
     def __init__(self, obs_dim: int, action_dim: int, num_tasks: int, hidden_dim: int = 256,
                  num_layers: int = 3, shrink_last: bool = True, layer_norm: bool = True,
                  activation: str = "tanh", init_log_std: float = 0.0, action_low: float = -1.0,
-                 action_high: float = 1.0):
+                 action_high: float = 1.0, squash: bool = True):
         super().__init__()
         sizes = hidden_sizes(hidden_dim, num_layers, shrink_last)
         low = torch.full((action_dim,), float(action_low))
@@ -63,7 +63,7 @@ class MultiHeadActorCritic(nn.Module):
                              activation=activation, out_gain=0.01)
         self.actor = GaussianActor(obs_dim, action_dim, sizes, layer_norm=layer_norm,
                                    activation=activation, init_log_std=init_log_std,
-                                   action_low=low, action_high=high, net=heads)
+                                   action_low=low, action_high=high, net=heads, squash=squash)
         self.critic = MultiHeadMLP(obs_dim, sizes, 1, num_tasks, layer_norm=layer_norm,
                                    activation=activation, out_gain=1.0)
 

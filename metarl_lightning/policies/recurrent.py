@@ -19,9 +19,11 @@ class GRUActorCritic(nn.Module):
     recurrent: ClassVar[bool] = True
 
     def __init__(self, obs_dim: int, action_dim: int, hidden_dim: int = 128,
-                 init_log_std: float = 0.0, action_low: float = -1.0, action_high: float = 1.0):
+                 init_log_std: float = 0.0, action_low: float = -1.0, action_high: float = 1.0,
+                 squash: bool = True):
         super().__init__()
         self.obs_dim, self.action_dim, self.hidden_dim = obs_dim, action_dim, hidden_dim
+        self.squash = bool(squash)  # tanh-squashed or clipped actions (distributions.py)
         self.gru = nn.GRU(obs_dim, hidden_dim, batch_first=True)
         # Orthogonal weights, zero biases: the recurrent-PPO init of Huang et al. 2022
         # ('37 details', LSTM item 1); heads as in actor_critic.mlp (small initial means).

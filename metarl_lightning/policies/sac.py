@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from metarl_lightning.errors import ConfigError
 from metarl_lightning.policies import distributions as D
 from metarl_lightning.policies.actor_critic import hidden_sizes, mlp
 from metarl_lightning.policies.multihead import MultiHeadLinear
@@ -88,9 +89,11 @@ class SACActorCritic(nn.Module):
     def __init__(self, obs_dim: int, action_dim: int, num_tasks: int, multi_head: bool = False,
                  hidden_dim: int = 400, num_layers: int = 3, shrink_last: bool = False,
                  layer_norm: bool = False, activation: str = "relu", init_log_std: float = 0.0,
-                 action_low: float = -1.0, action_high: float = 1.0):
+                 action_low: float = -1.0, action_high: float = 1.0, squash: bool = True):
         super().__init__()
         del init_log_std  # the PPO models' key; SAC's std is an output of the actor
+        if not squash:  # SAC's entropy and log-prob need the bounded, squashed distribution
+            raise ConfigError("algorithm=mt_sac needs tanh-squashed actions; set model.squash=true")
         sizes = hidden_sizes(hidden_dim, num_layers, shrink_last)
         heads = num_tasks if multi_head else None
         self.obs_dim, self.action_dim, self.num_tasks = obs_dim, action_dim, num_tasks
