@@ -50,54 +50,53 @@ class GRUModelConfig:
     squash: bool = True
 
 
+# --- algorithm schemas: keys and types only. Each default lives in ONE place, the method's
+# conf/algorithm/<name>.yaml (with why and where from); the methods' __init__ take every key
+# without a default, and tests/test_config.py checks that every YAML sets every key.
 @dataclass
 class PPOKeys:
     """Keys every PPO-based method shares: optimizer, clipped surrogate, losses, GAE, guard."""
 
     optimizer: Any = MISSING
-    scheduler: Any = None
-    episodes_per_task: int = 1
-    clip: float = 0.2
-    vf_coef: float = 0.5
-    ent_coef: float = 0.005
-    max_grad_norm: float = 0.5
-    gamma: float = 0.99
-    gae_lambda: float = 0.95
-    reward_scale: float = 0.01
-    max_nonfinite_steps: int = 5
+    scheduler: Any = MISSING
+    episodes_per_task: int = MISSING
+    clip: float = MISSING
+    vf_coef: float = MISSING
+    ent_coef: float = MISSING
+    max_grad_norm: float = MISSING
+    gamma: float = MISSING
+    gae_lambda: float = MISSING
+    reward_scale: float = MISSING
+    max_nonfinite_steps: int = MISSING
 
 
 @dataclass
 class MAMLPPOConfig(PPOKeys):
     _target_: str = "metarl_lightning.algorithms.MAMLPPO"
-    inner_lr: float = 0.1
-    inner_steps: int = 1
-    first_order: bool = False
-    learn_inner_lr: bool = False
-    outer_epochs: int = 8
-    ent_coef: float = 0.01
+    inner_lr: float = MISSING
+    inner_steps: int = MISSING
+    first_order: bool = MISSING
+    learn_inner_lr: bool = MISSING
+    outer_epochs: int = MISSING
 
 
 @dataclass
 class PPOConfig(PPOKeys):
     """Keys shared by the PPO methods without an inner loop (mt_ppo, rl2_ppo)."""
 
-    update_epochs: int = 8
-    num_minibatches: int = 4
+    update_epochs: int = MISSING
+    num_minibatches: int = MISSING
 
 
 @dataclass
 class MTPPOConfig(PPOConfig):
     _target_: str = "metarl_lightning.algorithms.MTPPO"
-    gae_lambda: float = 0.97
 
 
 @dataclass
 class RL2PPOConfig(PPOConfig):
     _target_: str = "metarl_lightning.algorithms.RL2PPO"
-    episodes_per_task: int = 2  # the trial length in episodes
-    recurrent_info_in_obs: bool = True
-    num_minibatches: int = 2  # over trials
+    recurrent_info_in_obs: bool = MISSING
 
 
 @dataclass
@@ -107,24 +106,24 @@ class MTSACConfig:
 
     _target_: str = "metarl_lightning.algorithms.MTSAC"
     optimizer: Any = MISSING
-    scheduler: Any = None
-    episodes_per_task: int = 1  # read by train.py for the DataModule; unused off-policy
-    steps_per_iteration: int = 500
-    actor_lr: float | None = None
-    critic_lr: float | None = None
-    alpha_lr: float | None = None
-    batch_size_per_task: int = 128
-    utd: float = 1.0
-    warmup_steps: int = 4000
-    buffer_capacity: int = 1_000_000
-    checkpoint_buffer: bool = False
-    gamma: float = 0.99
-    tau: float = 0.005
-    initial_alpha: float = 1.0
-    reward_scale: float = 1.0
-    q_target_clip: float | None = 5000.0
-    task_weights: bool = True
-    max_nonfinite_steps: int = 5
+    scheduler: Any = MISSING
+    episodes_per_task: int = MISSING
+    steps_per_iteration: int = MISSING
+    actor_lr: float | None = MISSING
+    critic_lr: float | None = MISSING
+    alpha_lr: float | None = MISSING
+    batch_size_per_task: int = MISSING
+    utd: float = MISSING
+    warmup_steps: int = MISSING
+    buffer_capacity: int = MISSING
+    checkpoint_buffer: bool = MISSING
+    gamma: float = MISSING
+    tau: float = MISSING
+    initial_alpha: float = MISSING
+    reward_scale: float = MISSING
+    q_target_clip: float | None = MISSING
+    task_weights: bool = MISSING
+    max_nonfinite_steps: int = MISSING
 
 
 @dataclass

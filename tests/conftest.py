@@ -53,6 +53,17 @@ def compose_cfg(overrides: list[str], tmp_path: Path | None = None) -> DictConfi
     return cfg
 
 
+def algorithm_kwargs(name: str, **overrides) -> dict:
+    """The hyperparameters of conf/algorithm/<name>.yaml (their one home) as keyword arguments,
+    for tests that build a method directly; no scheduler unless given."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(Path(CONF) / "algorithm" / f"{name}.yaml")
+    keys = {k: v for k, v in OmegaConf.to_container(cfg).items()
+            if k not in ("defaults", "_target_", "optimizer", "scheduler")}
+    return {**keys, "scheduler": None, **overrides}
+
+
 @pytest.fixture
 def tiny_cfg(tmp_path):
     """tiny_cfg(*overrides, out=dir): the shrunk real config, writing under `out` (tmp_path)."""

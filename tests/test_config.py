@@ -76,3 +76,21 @@ def test_keys_users_expect_from_lightning_and_wandb_are_reachable(tmp_path):
     assert (cfg.logger.wandb.entity, cfg.logger.wandb.group, cfg.logger.wandb.job_type) == (
         "me", "g", "eval")
     assert cfg.trainer.max_time == "00:01:00:00" and cfg.trainer.gradient_clip_val == 1.0
+
+
+@pytest.mark.parametrize("name", ["maml_ppo", "mt_ppo", "rl2_ppo", "mt_sac"])
+def test_each_algorithm_default_lives_in_its_yaml_only(name, tmp_path):
+    """conf/algorithm/<name>.yaml sets every key of its schema (the schema holds types only, the
+    method's __init__ no defaults), and the keys are exactly what __init__ takes."""
+    import inspect
+
+    from hydra.utils import get_class
+    from omegaconf import OmegaConf
+
+    cfg = compose_cfg([f"algorithm={name}"] + (["benchmark=mt10"] if name.startswith("mt") else []),
+                      tmp_path)
+    missing = [k for k in cfg.algorithm if OmegaConf.is_missing(cfg.algorithm, k)]
+    assert not missing, f"conf/algorithm/{name}.yaml does not set {missing}"
+    params = inspect.signature(get_class(cfg.algorithm._target_)).parameters
+    assert all(p.default is inspect.Parameter.empty for p in params.values())  # no 2nd home
+    assert set(params) - {"policy"} == set(cfg.algorithm) - {"_target_"}

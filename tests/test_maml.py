@@ -10,6 +10,7 @@ from torch.func import vmap
 from metarl_lightning.algorithms import MAMLPPO
 from metarl_lightning.algorithms import functional as F
 from metarl_lightning.policies import ActorCritic
+from tests.conftest import algorithm_kwargs
 
 T, N = 3, 12
 
@@ -98,7 +99,7 @@ def test_inner_step_improves_the_inner_objective():
 def test_meta_sgd_inner_learning_rates_receive_gradients():
     policy = ActorCritic(5, 2, hidden_dim=8, num_layers=2)
     module = MAMLPPO(policy, optimizer=functools.partial(torch.optim.Adam, lr=1e-2),
-                     learn_inner_lr=True, inner_lr=0.1)
+                     **algorithm_kwargs("maml_ppo", learn_inner_lr=True, inner_lr=0.1))
     torch.manual_seed(0)
     support = _rollout(module, seed=0)
     query = _rollout(module, seed=1)

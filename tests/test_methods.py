@@ -22,7 +22,7 @@ from metarl_lightning.evaluation import Evaluator
 from metarl_lightning.policies import GRUActorCritic, MultiHeadActorCritic
 from metarl_lightning.policies.distributions import tanh_gaussian_log_prob
 from metarl_lightning.types import ConfigError, Rollout
-from tests.conftest import ROOT, TINY, compose_cfg
+from tests.conftest import ROOT, TINY, algorithm_kwargs, compose_cfg
 from tests.test_evaluation import StopAtStep, _train_rows  # noqa: F401  (StopAtStep by path)
 from train import train
 
@@ -101,7 +101,8 @@ class Recorder:
 def _rl2(obs_dim, seed=0):
     torch.manual_seed(seed)
     policy = GRUActorCritic(obs_dim, 4, hidden_dim=8)
-    return RL2PPO(policy, optimizer=functools.partial(torch.optim.Adam, lr=1e-3))
+    return RL2PPO(policy, optimizer=functools.partial(torch.optim.Adam, lr=1e-3),
+                  **algorithm_kwargs("rl2_ppo"))
 
 
 def _ml1_recurrent_envs(tasks=2, horizon=5):

@@ -8,13 +8,15 @@ from torch.func import vmap
 from metarl_lightning.algorithms import MAMLPPO
 from metarl_lightning.algorithms import functional as F
 from metarl_lightning.policies import ActorCritic
+from tests.conftest import algorithm_kwargs
 from tests.test_maml import _rollout
 
 
 def _module():
     torch.manual_seed(0)
     return MAMLPPO(ActorCritic(5, 2, hidden_dim=16, num_layers=2),
-                   optimizer=functools.partial(torch.optim.Adam, lr=1e-2))
+                   optimizer=functools.partial(torch.optim.Adam, lr=1e-2),
+                   **algorithm_kwargs("maml_ppo"))
 
 
 def test_sampled_log_probs_carry_no_graph():

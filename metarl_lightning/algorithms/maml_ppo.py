@@ -28,21 +28,22 @@ class MAMLPPO(MetaRLModule):
         self,
         policy: ActorCriticPolicy,
         optimizer: Callable[..., torch.optim.Optimizer],
-        scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
-        episodes_per_task: int = 1,  # read by the DataModule; stored for the record
-        inner_lr: float = 0.1,
-        inner_steps: int = 1,
-        first_order: bool = False,
-        learn_inner_lr: bool = False,  # Meta-SGD (Li et al. 2017): per-parameter inner lrs
-        outer_epochs: int = 8,
-        clip: float = 0.2,
-        vf_coef: float = 0.5,
-        ent_coef: float = 0.01,
-        max_grad_norm: float = 0.5,
-        gamma: float = 0.99,
-        gae_lambda: float = 0.95,
-        reward_scale: float = 0.01,
-        max_nonfinite_steps: int = 5,
+        *,  # the rest: keyword-only, no defaults (conf/algorithm/<name>.yaml holds them)
+        scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None,
+        episodes_per_task: int,  # read by the DataModule; stored for the record
+        inner_lr: float,
+        inner_steps: int,
+        first_order: bool,
+        learn_inner_lr: bool,  # Meta-SGD (Li et al. 2017): per-parameter inner lrs
+        outer_epochs: int,
+        clip: float,
+        vf_coef: float,
+        ent_coef: float,
+        max_grad_norm: float,
+        gamma: float,
+        gae_lambda: float,
+        reward_scale: float,
+        max_nonfinite_steps: int,
     ):
         super().__init__(optimizer, scheduler)
         self.save_hyperparameters(ignore=["policy", "optimizer", "scheduler"])

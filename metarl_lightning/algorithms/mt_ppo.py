@@ -29,18 +29,19 @@ class MTPPO(SharedPolicyActing, MetaRLModule):
         self,
         policy: ActorCriticPolicy,  # ActorCritic or MultiHeadActorCritic
         optimizer: Callable[..., torch.optim.Optimizer],
-        scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
-        episodes_per_task: int = 1,  # read by the DataModule; stored for the record
-        update_epochs: int = 8,
-        num_minibatches: int = 4,  # over the T x N samples of an iteration
-        clip: float = 0.2,
-        vf_coef: float = 0.5,
-        ent_coef: float = 0.005,
-        max_grad_norm: float = 0.5,
-        gamma: float = 0.99,
-        gae_lambda: float = 0.97,
-        reward_scale: float = 0.01,
-        max_nonfinite_steps: int = 5,
+        *,  # the rest: keyword-only, no defaults (conf/algorithm/<name>.yaml holds them)
+        scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None,
+        episodes_per_task: int,  # read by the DataModule; stored for the record
+        update_epochs: int,
+        num_minibatches: int,  # over the T x N samples of an iteration
+        clip: float,
+        vf_coef: float,
+        ent_coef: float,
+        max_grad_norm: float,
+        gamma: float,
+        gae_lambda: float,
+        reward_scale: float,
+        max_nonfinite_steps: int,
     ):
         super().__init__(optimizer, scheduler)
         self.save_hyperparameters(ignore=["policy", "optimizer", "scheduler"])

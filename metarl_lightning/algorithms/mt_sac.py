@@ -58,24 +58,25 @@ class MTSAC(SharedPolicyActing, MetaRLModule):
         self,
         policy: SACPolicy,  # policies/sac.SACActorCritic
         optimizer: Callable[..., torch.optim.Optimizer],
-        scheduler: Any = None,  # not supported: SAC runs at constant learning rates
-        episodes_per_task: int = 1,  # train.py passes it to the DataModule; unused off-policy
-        steps_per_iteration: int = 500,
-        actor_lr: float | None = None,  # None: optimizer.lr
-        critic_lr: float | None = None,
-        alpha_lr: float | None = None,
-        batch_size_per_task: int = 128,
-        utd: float = 1.0,
-        warmup_steps: int = 4000,
-        buffer_capacity: int = 1_000_000,
-        checkpoint_buffer: bool = False,
-        gamma: float = 0.99,
-        tau: float = 0.005,
-        initial_alpha: float = 1.0,
-        reward_scale: float = 1.0,
-        q_target_clip: float | None = 5000.0,
-        task_weights: bool = True,
-        max_nonfinite_steps: int = 5,
+        *,  # the rest: keyword-only, no defaults (conf/algorithm/<name>.yaml holds them)
+        scheduler: Any,  # not supported: SAC runs at constant learning rates
+        episodes_per_task: int,  # train.py passes it to the DataModule; unused off-policy
+        steps_per_iteration: int,
+        actor_lr: float | None,  # None: optimizer.lr
+        critic_lr: float | None,
+        alpha_lr: float | None,
+        batch_size_per_task: int,
+        utd: float,
+        warmup_steps: int,
+        buffer_capacity: int,
+        checkpoint_buffer: bool,
+        gamma: float,
+        tau: float,
+        initial_alpha: float,
+        reward_scale: float,
+        q_target_clip: float | None,
+        task_weights: bool,
+        max_nonfinite_steps: int,
     ):
         super().__init__(optimizer, None)
         self.save_hyperparameters(ignore=["policy", "optimizer"])

@@ -34,19 +34,20 @@ class RL2PPO(MetaRLModule):
         self,
         policy: RecurrentPolicy,
         optimizer: Callable[..., torch.optim.Optimizer],
-        scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
-        episodes_per_task: int = 2,  # trial length in episodes; read by the DataModule
-        recurrent_info_in_obs: bool = True,  # envs append (a_{t-1}, r_{t-1}, episode start)
-        update_epochs: int = 8,
-        num_minibatches: int = 2,  # over the T trials of an iteration (whole trials each)
-        clip: float = 0.2,
-        vf_coef: float = 0.5,
-        ent_coef: float = 0.005,
-        max_grad_norm: float = 0.5,
-        gamma: float = 0.99,
-        gae_lambda: float = 0.95,
-        reward_scale: float = 0.01,
-        max_nonfinite_steps: int = 5,
+        *,  # the rest: keyword-only, no defaults (conf/algorithm/<name>.yaml holds them)
+        scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None,
+        episodes_per_task: int,  # trial length in episodes; read by the DataModule
+        recurrent_info_in_obs: bool,  # envs append (a_{t-1}, r_{t-1}, episode start)
+        update_epochs: int,
+        num_minibatches: int,  # over the T trials of an iteration (whole trials each)
+        clip: float,
+        vf_coef: float,
+        ent_coef: float,
+        max_grad_norm: float,
+        gamma: float,
+        gae_lambda: float,
+        reward_scale: float,
+        max_nonfinite_steps: int,
     ):
         super().__init__(optimizer, scheduler)
         self.save_hyperparameters(ignore=["policy", "optimizer", "scheduler"])
