@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -93,12 +94,13 @@ def test_noise_comes_from_the_slot_generators():
     assert not torch.equal(noise[0], noise[1])
     mean, log_std = torch.randn(3, 1, 4), torch.randn(3, 1, 4) * 0.1
     scale, bias = torch.full((4,), 2.0), torch.zeros(4)
-    a, raw, logp = sample_with_noise(mean, log_std, scale, bias, noise)
+    actor = SimpleNamespace(action_scale=scale, action_bias=bias, squash=True)
+    a, raw, logp = sample_with_noise(mean, log_std, actor, noise)
     torch.manual_seed(5)
     ref_noise = torch.randn_like(mean)
     torch.manual_seed(5)
     b, raw_b, logp_b = sample_tanh_gaussian(mean, log_std, scale, bias)
-    a2, raw2, logp2 = sample_with_noise(mean, log_std, scale, bias, ref_noise)
+    a2, raw2, logp2 = sample_with_noise(mean, log_std, actor, ref_noise)
     assert torch.equal(raw_b, raw2) and torch.equal(logp_b, logp2) and torch.equal(b, a2)
     torch.testing.assert_close(raw, mean + log_std.exp() * noise)
 
