@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +15,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
 
 import metarl_lightning.config  # noqa: F401  (registers the structured schemas)
+from metarl_lightning.envs import benchmarks as _benchmarks
 
 os.environ["WANDB_MODE"] = "offline"
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,3 +73,59 @@ def algorithm_kwargs(name: str, **overrides) -> dict:
 def tiny_cfg(tmp_path):
     """tiny_cfg(*overrides, out=dir): the shrunk real config, writing under `out` (tmp_path)."""
     return lambda *extra, out=None: compose_cfg(TINY + list(extra), out or tmp_path)
+
+
+# Meta-World Benchmark objects (goal lists) for the whole session: building one takes seconds
+# (ML1 ~2 s, MT10 ~7 s, ML10 ~11 s on 2 cores) and the product's cache keeps only 4, which the
+# suite's mix of benchmarks and seeds (1, 2, 3) kept evicting. Read-only objects: sharing them
+# changes nothing a test sees (make_env_fns slices their task lists, never mutates them).
+_benchmarks.benchmark = functools.lru_cache(maxsize=None)(_benchmarks.benchmark.__wrapped__)
+
+
+# `python <script> <args>` for many argument lists at the price of one interpreter start: a
+# parent imports the script's dependencies once (train.py: ~6 s on 2 cores, mostly Lightning),
+# then forks one child per argument list that runs the script as __main__ with its own argv,
+# stdout and stderr, and exits as the interpreter would (SystemExit codes, a traceback and 1 on
+# an uncaught exception). Only for runs that start no processes of their own (spawned workers
+# would re-import the script as a fresh __main__); tests/test_methods.py and
+# tests/test_reliability.py keep fresh `python train.py` error runs.
+_FORK_RUNNER = r"""
+import json, logging, os, runpy, sys, traceback
+script, cases, out = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+runpy.run_path(script, run_name="__preload__")  # the imports, not main
+codes = []
+for i, args in enumerate(cases):
+    sys.stdout.flush(); sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        for fd, name in ((1, "stdout"), (2, "stderr")):
+            os.dup2(os.open(os.path.join(out, f"{i}.{name}"), os.O_WRONLY | os.O_CREAT), fd)
+        sys.argv, code = [script, *args], 0
+        try:
+            runpy.run_path(script, run_name="__main__")
+        except SystemExit as exit_:
+            code = exit_.code
+            if code is not None and not isinstance(code, int):
+                print(code, file=sys.stderr)
+                code = 1
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        logging.shutdown()
+        sys.stdout.flush(); sys.stderr.flush()
+        os._exit(code or 0)
+    codes.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+with open(os.path.join(out, "codes.json"), "w") as f:
+    json.dump(codes, f)
+"""
+
+
+def run_forked(script: str, cases: list[list[str]], out: Path, timeout: int = 600) -> list:
+    """[(returncode, stdout, stderr)] of `python <script> *args` (cwd ROOT) for each args in cases."""
+    out.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run([sys.executable, "-c", _FORK_RUNNER, script, json.dumps(cases), str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    codes = json.loads((out / "codes.json").read_text())
+    return [(code, (out / f"{i}.stdout").read_text(), (out / f"{i}.stderr").read_text())
+            for i, code in enumerate(codes)]

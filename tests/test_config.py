@@ -1,14 +1,11 @@
 """Every benchmark config composes; bad input exits with one line that names the fix."""
 
-import subprocess
-import sys
-
 import pytest
 from omegaconf import OmegaConf
 
 from metarl_lightning import config as schema
 from metarl_lightning.types import ConfigError
-from tests.conftest import ROOT, compose_cfg
+from tests.conftest import compose_cfg, run_forked
 
 BENCHMARKS = ["ml1", "ml10", "ml25", "ml45", "mt1", "mt10", "mt25", "mt50"]
 
@@ -45,7 +42,7 @@ def test_validate_rejects_nonpositive_learning_rate(tmp_path):
         schema.validate(cfg)
 
 
-@pytest.mark.parametrize("args,expected", [
+BAD_INPUT = [
     (["benchmark=ml11"], "unknown benchmark 'ml11'; choose one of: ml1, ml10"),
     (["benchmark=ml10", "benchmark.meta_batch_size=15"], "valid values: 10, 20, 50"),
     (["model.hidden_dim=abc"], "bad value for model.hidden_dim"),
@@ -57,15 +54,27 @@ def test_validate_rejects_nonpositive_learning_rate(tmp_path):
     (["benchmark.env_name=reach-v9"], "needs benchmark.env_name set to a Meta-World v3 task"),
     (["trainer.max_steps=0"], "trainer.max_steps must be > 0"),
     (["ckpt_path=/no/such.ckpt"], "ckpt_path '/no/such.ckpt' does not exist"),
-])
-def test_bad_input_exits_with_one_line(args, expected, tmp_path):
-    proc = subprocess.run([sys.executable, "train.py", *args, f"hydra.run.dir={tmp_path}"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+]
+
+
+@pytest.fixture(scope="module")
+def bad_input_runs(tmp_path_factory):
+    """`python train.py <args>` for every BAD_INPUT case, forked from one interpreter that
+    imported train.py's dependencies once (conftest.run_forked): 11 fresh interpreters cost
+    ~70 s on 2 cores. tests/test_methods.py's mismatch test runs a fresh `python train.py`."""
+    out = tmp_path_factory.mktemp("bad_input")
+    return run_forked("train.py", [[*args, f"hydra.run.dir={out / f'run{i}'}"]
+                                   for i, (args, _) in enumerate(BAD_INPUT)], out)
+
+
+@pytest.mark.parametrize("args,expected", BAD_INPUT)
+def test_bad_input_exits_with_one_line(args, expected, bad_input_runs):
+    returncode, _, stderr = bad_input_runs[BAD_INPUT.index((args, expected))]
+    assert returncode == 2, stderr[-2000:]
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
     errors = [ln for ln in lines if ln.startswith("error: ")]
-    assert len(errors) == 1 and expected in errors[0], proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr
+    assert len(errors) == 1 and expected in errors[0], stderr[-2000:]
+    assert "Traceback" not in stderr
 
 
 def test_keys_users_expect_from_lightning_and_wandb_are_reachable(tmp_path):

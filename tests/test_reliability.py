@@ -23,28 +23,54 @@ from train import train
 
 # --- atomic checkpoint writes -----------------------------------------------------------------
 
+# One process imports torch and Lightning once (~7 s on 2 cores) and forks a writer for each
+# path read from stdin; the test SIGKILLs the writer (a process of its own, as before) mid-save.
 _WRITER = """
-import sys, torch
+import os, sys, torch
 from metarl_lightning.checkpoints import AtomicCheckpointIO
-io, path = AtomicCheckpointIO(), sys.argv[1]
-io.save_checkpoint({"version": 0, "x": torch.zeros(1)}, path)
-print("ready", flush=True)
-v = 0
-while True:  # ~80 MB per save: the kill lands mid-write most of the time
-    v += 1
-    io.save_checkpoint({"version": v, "x": torch.full((20_000_000,), float(v))}, path)
+for line in sys.stdin:
+    pid = os.fork()
+    if pid == 0:
+        io, path = AtomicCheckpointIO(), line.strip()
+        io.save_checkpoint({"version": 0, "x": torch.zeros(1)}, path)
+        print("ready", os.getpid(), flush=True)
+        v = 0
+        while True:  # ~80 MB per save: the kill lands mid-write most of the time
+            v += 1
+            io.save_checkpoint({"version": v, "x": torch.full((20_000_000,), float(v))}, path)
+    os.waitpid(pid, 0)
+    print("reaped", flush=True)
 """
 
 
-@pytest.mark.parametrize("delay", [0.3, 0.7, 1.1])
-def test_checkpoint_killed_mid_save_leaves_a_complete_file(tmp_path, delay):
-    path = tmp_path / "last.ckpt"
-    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(path)], cwd=ROOT,
+@pytest.fixture(scope="module")
+def checkpoint_writer():
+    proc = subprocess.Popen([sys.executable, "-c", _WRITER], cwd=ROOT, stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "ready"
+
+    def start(path: Path) -> int:
+        proc.stdin.write(f"{path}\n")
+        proc.stdin.flush()
+        word, pid = proc.stdout.readline().split()
+        assert word == "ready"
+        return int(pid)
+
+    def kill(pid: int) -> None:
+        os.kill(pid, signal.SIGKILL)
+        assert proc.stdout.readline().strip() == "reaped"
+
+    yield start, kill
+    proc.stdin.close()
+    proc.wait(timeout=60)
+
+
+@pytest.mark.parametrize("delay", [0.3, 0.7, 1.1])
+def test_checkpoint_killed_mid_save_leaves_a_complete_file(tmp_path, delay, checkpoint_writer):
+    path = tmp_path / "last.ckpt"
+    start, kill = checkpoint_writer
+    pid = start(path)
     time.sleep(delay)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+    kill(pid)
     state = torch.load(path, weights_only=True)  # never a truncated file
     assert torch.all(state["x"] == float(state["version"]))
 
