@@ -82,25 +82,32 @@ def tiny_cfg(tmp_path):
 _benchmarks.benchmark = functools.lru_cache(maxsize=None)(_benchmarks.benchmark.__wrapped__)
 
 
-# `python <script> <args>` for many argument lists at the price of one interpreter start: a
-# parent imports the script's dependencies once (train.py: ~6 s on 2 cores, mostly Lightning),
-# then forks one child per argument list that runs the script as __main__ with its own argv,
-# stdout and stderr, and exits as the interpreter would (SystemExit codes, a traceback and 1 on
-# an uncaught exception). Only for runs that start no processes of their own (spawned workers
-# would re-import the script as a fresh __main__); tests/test_methods.py and
-# tests/test_reliability.py keep fresh `python train.py` error runs.
-_FORK_RUNNER = r"""
-import json, logging, os, runpy, sys, traceback
-script, cases, out = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
-runpy.run_path(script, run_name="__preload__")  # the imports, not main
-codes = []
-for i, args in enumerate(cases):
+# `python <script> <args>` at a fraction of an interpreter start: one server process imports
+# train.py's and evaluate.py's dependencies once (~7 s on 2 cores, mostly Lightning) and forks a
+# child per run that executes the script as __main__ with its own argv, cwd, environment,
+# stdout and stderr, and exits as the interpreter would (SystemExit codes; a traceback and 1 on
+# an uncaught exception). Only for runs that start no processes of their own (a spawned worker
+# would re-import the script as a fresh __main__). Fresh interpreters stay where they are the
+# point: test_methods.py's mismatch error, test_evaluation.py's evaluate.py, test_runlog.py's
+# base install, the sweeps, the interrupt.
+_FORK_SERVER = r"""
+import json, logging, os, runpy, signal, sys, traceback
+sys.path.insert(0, os.getcwd())  # the repo root, also for children that chdir elsewhere
+for script in ("train.py", "evaluate.py"):
+    runpy.run_path(script, run_name="__preload__")  # the imports, not main
+root = os.getcwd()
+for line in sys.stdin:
+    job = json.loads(line)
     sys.stdout.flush(); sys.stderr.flush()
     pid = os.fork()
     if pid == 0:
+        signal.alarm(job["timeout"])  # a hung run dies with SIGALRM instead of hanging the tests
         for fd, name in ((1, "stdout"), (2, "stderr")):
-            os.dup2(os.open(os.path.join(out, f"{i}.{name}"), os.O_WRONLY | os.O_CREAT), fd)
-        sys.argv, code = [script, *args], 0
+            os.dup2(os.open(job[name], os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+        os.chdir(job["cwd"])
+        os.environ.update(job["env"])
+        script = os.path.join(root, job["script"])
+        sys.argv, code = [script, *job["args"]], 0
         try:
             runpy.run_path(script, run_name="__main__")
         except SystemExit as exit_:
@@ -114,18 +121,38 @@ for i, args in enumerate(cases):
         logging.shutdown()
         sys.stdout.flush(); sys.stderr.flush()
         os._exit(code or 0)
-    codes.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
-with open(os.path.join(out, "codes.json"), "w") as f:
-    json.dump(codes, f)
+    print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), flush=True)
 """
 
 
-def run_forked(script: str, cases: list[list[str]], out: Path, timeout: int = 600) -> list:
-    """[(returncode, stdout, stderr)] of `python <script> *args` (cwd ROOT) for each args in cases."""
-    out.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run([sys.executable, "-c", _FORK_RUNNER, script, json.dumps(cases), str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    codes = json.loads((out / "codes.json").read_text())
-    return [(code, (out / f"{i}.stdout").read_text(), (out / f"{i}.stderr").read_text())
-            for i, code in enumerate(codes)]
+class ForkedPython:
+    """run(script, args) -> subprocess.CompletedProcess, as subprocess.run would give."""
+
+    def __init__(self, out: Path):
+        self.out, self.runs = out, 0
+        self.proc = subprocess.Popen([sys.executable, "-c", _FORK_SERVER], cwd=ROOT,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def run(self, script: str, args: list[str], cwd: Path = ROOT, env: dict | None = None,
+            timeout: int = 600) -> subprocess.CompletedProcess:
+        self.runs += 1
+        out, err = self.out / f"{self.runs}.stdout", self.out / f"{self.runs}.stderr"
+        self.proc.stdin.write(json.dumps({"script": script, "args": args, "cwd": str(cwd),
+                                          "env": env or {}, "timeout": timeout,
+                                          "stdout": str(out), "stderr": str(err)}) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        assert line, f"the fork server died (exit {self.proc.wait()})"
+        return subprocess.CompletedProcess([script, *args], int(line), out.read_text(),
+                                           err.read_text())
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="session")
+def forked_python(tmp_path_factory):
+    server = ForkedPython(tmp_path_factory.mktemp("forked_python"))
+    yield server
+    server.close()

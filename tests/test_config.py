@@ -5,7 +5,7 @@ from omegaconf import OmegaConf
 
 from metarl_lightning import config as schema
 from metarl_lightning.types import ConfigError
-from tests.conftest import compose_cfg, run_forked
+from tests.conftest import compose_cfg
 
 BENCHMARKS = ["ml1", "ml10", "ml25", "ml45", "mt1", "mt10", "mt25", "mt50"]
 
@@ -57,24 +57,16 @@ BAD_INPUT = [
 ]
 
 
-@pytest.fixture(scope="module")
-def bad_input_runs(tmp_path_factory):
-    """`python train.py <args>` for every BAD_INPUT case, forked from one interpreter that
-    imported train.py's dependencies once (conftest.run_forked): 11 fresh interpreters cost
-    ~70 s on 2 cores. tests/test_methods.py's mismatch test runs a fresh `python train.py`."""
-    out = tmp_path_factory.mktemp("bad_input")
-    return run_forked("train.py", [[*args, f"hydra.run.dir={out / f'run{i}'}"]
-                                   for i, (args, _) in enumerate(BAD_INPUT)], out)
-
-
 @pytest.mark.parametrize("args,expected", BAD_INPUT)
-def test_bad_input_exits_with_one_line(args, expected, bad_input_runs):
-    returncode, _, stderr = bad_input_runs[BAD_INPUT.index((args, expected))]
-    assert returncode == 2, stderr[-2000:]
-    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+def test_bad_input_exits_with_one_line(args, expected, tmp_path, forked_python):
+    # `python train.py ...`, forked from a preloaded interpreter (conftest.ForkedPython): 11
+    # fresh interpreters cost ~70 s on 2 cores; test_methods.py's mismatch runs a fresh one
+    proc = forked_python.run("train.py", [*args, f"hydra.run.dir={tmp_path}"], timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     errors = [ln for ln in lines if ln.startswith("error: ")]
-    assert len(errors) == 1 and expected in errors[0], stderr[-2000:]
-    assert "Traceback" not in stderr
+    assert len(errors) == 1 and expected in errors[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
 
 
 def test_keys_users_expect_from_lightning_and_wandb_are_reachable(tmp_path):

@@ -128,15 +128,15 @@ def test_dead_env_worker_stops_the_run_with_task_name_and_checkpoint(tiny_cfg, t
 
 # --- mismatched checkpoints -------------------------------------------------------------------
 
-def test_resuming_with_another_model_is_a_one_line_error(tiny_cfg, tmp_path):
+def test_resuming_with_another_model_is_a_one_line_error(tiny_cfg, tmp_path, forked_python):
     train(tiny_cfg("trainer.max_steps=1"))
     ckpt = tmp_path / "checkpoints" / "last.ckpt"
     with pytest.raises(ConfigError, match=r"does not fit .* model.hidden_dim=16"):
         train(tiny_cfg("model.hidden_dim=32", f"ckpt_path={ckpt}", out=tmp_path / "other"))
-    proc = subprocess.run(
-        [sys.executable, "train.py", *TINY, "benchmark=mt1", "benchmark.env_name=reach-v3",
-         f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'mt1'}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    # `python train.py ...` forked from a preloaded interpreter (conftest.ForkedPython)
+    proc = forked_python.run("train.py", [*TINY, "benchmark=mt1", "benchmark.env_name=reach-v3",
+                                          f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'mt1'}"],
+                             timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
     assert len(errors) == 1 and errors[0].startswith("error: checkpoint") and \

@@ -75,10 +75,12 @@ def test_optuna_sweep_writes_its_optimization_result(tmp_path):
         assert 0.0 <= values <= 1.0
 
 
-def test_a_sweep_without_its_metric_stops_before_training(tmp_path):
-    proc = run_train(["-m", "callbacks.meta_eval.at_end=false", "trainer.max_steps=3",
-                      "optimized_metric=val/success_rate", "select_on_test_split=true",
-                      f"hydra.sweep.dir={tmp_path / 'multirun'}"], tmp_path)
+def test_a_sweep_without_its_metric_stops_before_training(tmp_path, forked_python):
+    # `python train.py -m ...` forked from a preloaded interpreter (conftest.ForkedPython)
+    proc = forked_python.run("train.py", [
+        "-m", "callbacks.meta_eval.at_end=false", "trainer.max_steps=3",
+        "optimized_metric=val/success_rate", "select_on_test_split=true",
+        f"hydra.sweep.dir={tmp_path / 'multirun'}"], cwd=tmp_path, env={"HYDRA_FULL_ERROR": "1"})
     assert proc.returncode == 2
     assert "error: optimized_metric=val/success_rate is logged by callbacks.meta_eval" in proc.stderr
     assert not list(tmp_path.glob("multirun/*/checkpoints"))
