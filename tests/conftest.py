@@ -89,7 +89,7 @@ _benchmarks.benchmark = functools.lru_cache(maxsize=None)(_benchmarks.benchmark.
 # an uncaught exception). Only for runs that start no processes of their own (a spawned worker
 # would re-import the script as a fresh __main__). Fresh interpreters stay where they are the
 # point: test_methods.py's mismatch error, test_evaluation.py's evaluate.py, test_runlog.py's
-# base install, the sweeps, the interrupt.
+# base install, the multirun over every experiment, the interrupt.
 _FORK_SERVER = r"""
 import json, logging, os, runpy, signal, sys, traceback
 sys.path.insert(0, os.getcwd())  # the repo root, also for children that chdir elsewhere
@@ -109,7 +109,10 @@ for line in sys.stdin:
         script = os.path.join(root, job["script"])
         sys.argv, code = [script, *job["args"]], 0
         try:
-            runpy.run_path(script, run_name="__main__")
+            if job["module"]:  # python -m <module>
+                runpy.run_module(job["script"], run_name="__main__", alter_sys=True)
+            else:
+                runpy.run_path(script, run_name="__main__")
         except SystemExit as exit_:
             code = exit_.code
             if code is not None and not isinstance(code, int):
@@ -126,7 +129,8 @@ for line in sys.stdin:
 
 
 class ForkedPython:
-    """run(script, args) -> subprocess.CompletedProcess, as subprocess.run would give."""
+    """run(script, args) -> subprocess.CompletedProcess, as subprocess.run would give;
+    module=True: `python -m script args`."""
 
     def __init__(self, out: Path):
         self.out, self.runs = out, 0
@@ -134,11 +138,11 @@ class ForkedPython:
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
     def run(self, script: str, args: list[str], cwd: Path = ROOT, env: dict | None = None,
-            timeout: int = 600) -> subprocess.CompletedProcess:
+            timeout: int = 600, module: bool = False) -> subprocess.CompletedProcess:
         self.runs += 1
         out, err = self.out / f"{self.runs}.stdout", self.out / f"{self.runs}.stderr"
         self.proc.stdin.write(json.dumps({"script": script, "args": args, "cwd": str(cwd),
-                                          "env": env or {}, "timeout": timeout,
+                                          "env": env or {}, "timeout": timeout, "module": module,
                                           "stdout": str(out), "stderr": str(err)}) + "\n")
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()
