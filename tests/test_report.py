@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from omegaconf import OmegaConf
 from metarl_lightning.loggers import build_loggers, config_group, run_name
 from metarl_lightning.report import aggregate, bootstrap_band, load_runs
 from metarl_lightning.report import main as report_main
-from tests.conftest import compose_cfg
+from tests.conftest import ROOT, compose_cfg
 from train import train
 
 
