@@ -1,14 +1,11 @@
 """Every benchmark config composes; bad input exits with one line that names the fix."""
 
-import subprocess
-import sys
-
 import pytest
 from omegaconf import OmegaConf
 
 from metarl_lightning import config as schema
 from metarl_lightning.types import ConfigError
-from tests.conftest import ROOT, compose_cfg
+from tests.conftest import compose_cfg
 
 BENCHMARKS = ["ml1", "ml10", "ml25", "ml45", "mt1", "mt10", "mt25", "mt50"]
 
@@ -45,7 +42,7 @@ def test_validate_rejects_nonpositive_learning_rate(tmp_path):
         schema.validate(cfg)
 
 
-@pytest.mark.parametrize("args,expected", [
+BAD_INPUT = [
     (["benchmark=ml11"], "unknown benchmark 'ml11'; choose one of: ml1, ml10"),
     (["benchmark=ml10", "benchmark.meta_batch_size=15"], "valid values: 10, 20, 50"),
     (["model.hidden_dim=abc"], "bad value for model.hidden_dim"),
@@ -57,10 +54,14 @@ def test_validate_rejects_nonpositive_learning_rate(tmp_path):
     (["benchmark.env_name=reach-v9"], "needs benchmark.env_name set to a Meta-World v3 task"),
     (["trainer.max_steps=0"], "trainer.max_steps must be > 0"),
     (["ckpt_path=/no/such.ckpt"], "ckpt_path '/no/such.ckpt' does not exist"),
-])
-def test_bad_input_exits_with_one_line(args, expected, tmp_path):
-    proc = subprocess.run([sys.executable, "train.py", *args, f"hydra.run.dir={tmp_path}"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+]
+
+
+@pytest.mark.parametrize("args,expected", BAD_INPUT)
+def test_bad_input_exits_with_one_line(args, expected, tmp_path, forked_python):
+    # `python train.py ...`, forked from a preloaded interpreter (conftest.ForkedPython): 11
+    # fresh interpreters cost ~70 s on 2 cores; test_methods.py's mismatch runs a fresh one
+    proc = forked_python.run("train.py", [*args, f"hydra.run.dir={tmp_path}"], timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     errors = [ln for ln in lines if ln.startswith("error: ")]

@@ -61,19 +61,21 @@ def test_evaluator_follows_the_protocol_on_tiny_splits(tiny_cfg, bench, extra):
 
 def test_resume_reproduces_the_uninterrupted_run_exactly(tiny_cfg, tmp_path):
     # the default collector (rollout workers): its per-slot noise generators and env state
-    # travel in the checkpoint
-    full = tiny_cfg("trainer.max_steps=4", WORKERS)
+    # travel in the checkpoint. One worker holding both slots (each spawned worker costs ~8 s
+    # on 2 cores); slot balancing over 2 workers is tests/test_workers.py's.
+    workers = [WORKERS, "data.num_workers=1"]
+    full = tiny_cfg("trainer.max_steps=4", *workers)
     train(full)
     reference = _train_rows(tmp_path / "csv" / "metrics.csv")
 
     first_dir, second_dir = tmp_path / "first", tmp_path / "second"
-    first = tiny_cfg("trainer.max_steps=4", WORKERS,
+    first = tiny_cfg("trainer.max_steps=4", *workers,
                      "+callbacks.stop._target_=tests.test_evaluation.StopAtStep",
                      "+callbacks.stop.step=2", out=first_dir)
     train(first)
     ckpt = first_dir / "checkpoints" / "last.ckpt"
     assert torch.load(ckpt, weights_only=True)["global_step"] == 2  # plain weights_only load
-    resumed = tiny_cfg("trainer.max_steps=4", WORKERS, f"ckpt_path={ckpt}", out=second_dir)
+    resumed = tiny_cfg("trainer.max_steps=4", *workers, f"ckpt_path={ckpt}", out=second_dir)
     train(resumed)
     after = _train_rows(second_dir / "csv" / "metrics.csv")
     assert len(reference) == 4 and len(after) == 2

@@ -241,7 +241,7 @@ def test_train_py_mismatch_is_one_error_line(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-def test_rl2_checkpoint_resumes_exactly_and_evaluates_with_evaluate_py(tmp_path):
+def test_rl2_checkpoint_resumes_exactly_and_evaluates_with_evaluate_py(tmp_path, forked_python):
     method = METHODS["rl2_ppo"]
     train(_cfg(tmp_path, *method, "trainer.max_steps=3"))
     reference = _train_rows(tmp_path / "csv" / "metrics.csv")
@@ -257,10 +257,12 @@ def test_rl2_checkpoint_resumes_exactly_and_evaluates_with_evaluate_py(tmp_path)
     module, run_cfg, _ = load_run(str(last))
     assert isinstance(module, RL2PPO) and module.policy.obs_dim == 45
     out = tmp_path / "eval"
-    proc = subprocess.run(
-        [sys.executable, "evaluate.py", f"ckpt_path={last}", "eval.num_evals=1", "eval.meta_batch_size=2",
-         "eval.adaptation_episodes=1", "eval.evaluation_episodes=1", "vector_strategy=sync",
-         f"hydra.run.dir={out}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    # `python evaluate.py ...` forked from a preloaded interpreter (conftest.ForkedPython);
+    # test_evaluation.py runs a fresh one
+    proc = forked_python.run("evaluate.py", [
+        f"ckpt_path={last}", "eval.num_evals=1", "eval.meta_batch_size=2",
+        "eval.adaptation_episodes=1", "eval.evaluation_episodes=1", "vector_strategy=sync",
+        f"hydra.run.dir={out}"], timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((out / "eval.json").read_text())
     assert report["benchmark"] == "ML1" and report["split"] == "test"

@@ -23,28 +23,54 @@ from train import train
 
 # --- atomic checkpoint writes -----------------------------------------------------------------
 
+# One process imports torch and Lightning once (~7 s on 2 cores) and forks a writer for each
+# path read from stdin; the test SIGKILLs the writer (a process of its own, as before) mid-save.
 _WRITER = """
-import sys, torch
+import os, sys, torch
 from metarl_lightning.checkpoints import AtomicCheckpointIO
-io, path = AtomicCheckpointIO(), sys.argv[1]
-io.save_checkpoint({"version": 0, "x": torch.zeros(1)}, path)
-print("ready", flush=True)
-v = 0
-while True:  # ~80 MB per save: the kill lands mid-write most of the time
-    v += 1
-    io.save_checkpoint({"version": v, "x": torch.full((20_000_000,), float(v))}, path)
+for line in sys.stdin:
+    pid = os.fork()
+    if pid == 0:
+        io, path = AtomicCheckpointIO(), line.strip()
+        io.save_checkpoint({"version": 0, "x": torch.zeros(1)}, path)
+        print("ready", os.getpid(), flush=True)
+        v = 0
+        while True:  # ~80 MB per save: the kill lands mid-write most of the time
+            v += 1
+            io.save_checkpoint({"version": v, "x": torch.full((20_000_000,), float(v))}, path)
+    os.waitpid(pid, 0)
+    print("reaped", flush=True)
 """
 
 
-@pytest.mark.parametrize("delay", [0.3, 0.7, 1.1])
-def test_checkpoint_killed_mid_save_leaves_a_complete_file(tmp_path, delay):
-    path = tmp_path / "last.ckpt"
-    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(path)], cwd=ROOT,
+@pytest.fixture(scope="module")
+def checkpoint_writer():
+    proc = subprocess.Popen([sys.executable, "-c", _WRITER], cwd=ROOT, stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "ready"
+
+    def start(path: Path) -> int:
+        proc.stdin.write(f"{path}\n")
+        proc.stdin.flush()
+        word, pid = proc.stdout.readline().split()
+        assert word == "ready"
+        return int(pid)
+
+    def kill(pid: int) -> None:
+        os.kill(pid, signal.SIGKILL)
+        assert proc.stdout.readline().strip() == "reaped"
+
+    yield start, kill
+    proc.stdin.close()
+    proc.wait(timeout=60)
+
+
+@pytest.mark.parametrize("delay", [0.3, 0.7, 1.1])
+def test_checkpoint_killed_mid_save_leaves_a_complete_file(tmp_path, delay, checkpoint_writer):
+    path = tmp_path / "last.ckpt"
+    start, kill = checkpoint_writer
+    pid = start(path)
     time.sleep(delay)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+    kill(pid)
     state = torch.load(path, weights_only=True)  # never a truncated file
     assert torch.all(state["x"] == float(state["version"]))
 
@@ -96,21 +122,21 @@ def test_dead_env_worker_stops_the_run_with_task_name_and_checkpoint(tiny_cfg, t
     ckpt = tmp_path / "checkpoints" / "last.ckpt"
     assert torch.load(ckpt, weights_only=True)["global_step"] == 2  # written at the fault
     _, objects = train(tiny_cfg("trainer.max_steps=3", f"ckpt_path={ckpt}", WORKERS,
-                                out=tmp_path / "resumed"))
+                                "data.num_workers=1", out=tmp_path / "resumed"))
     assert objects["trainer"].global_step == 3
 
 
 # --- mismatched checkpoints -------------------------------------------------------------------
 
-def test_resuming_with_another_model_is_a_one_line_error(tiny_cfg, tmp_path):
+def test_resuming_with_another_model_is_a_one_line_error(tiny_cfg, tmp_path, forked_python):
     train(tiny_cfg("trainer.max_steps=1"))
     ckpt = tmp_path / "checkpoints" / "last.ckpt"
     with pytest.raises(ConfigError, match=r"does not fit .* model.hidden_dim=16"):
         train(tiny_cfg("model.hidden_dim=32", f"ckpt_path={ckpt}", out=tmp_path / "other"))
-    proc = subprocess.run(
-        [sys.executable, "train.py", *TINY, "benchmark=mt1", "benchmark.env_name=reach-v3",
-         f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'mt1'}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    # `python train.py ...` forked from a preloaded interpreter (conftest.ForkedPython)
+    proc = forked_python.run("train.py", [*TINY, "benchmark=mt1", "benchmark.env_name=reach-v3",
+                                          f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'mt1'}"],
+                             timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
     assert len(errors) == 1 and errors[0].startswith("error: checkpoint") and \

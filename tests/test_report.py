@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
 import sys
 
 import numpy as np
@@ -31,7 +30,7 @@ def _fake_eval(out_dir, run_dir, success: float, per_task: dict) -> None:
         "env_steps_trained": 80, "ckpt_path": str(run_dir / "checkpoints" / "last.ckpt")}))
 
 
-def test_report_over_two_tiny_runs_gives_the_right_mean(tiny_cfg, tmp_path):
+def test_report_over_two_tiny_runs_gives_the_right_mean(tiny_cfg, tmp_path, forked_python):
     runs = tmp_path / "outputs"
     for seed in (1, 2):
         run_dir = runs / f"seed{seed}"
@@ -58,9 +57,10 @@ def test_report_over_two_tiny_runs_gives_the_right_mean(tiny_cfg, tmp_path):
     # evaluate.py results of both seeds take over as the score, matched through ckpt_path
     _fake_eval(tmp_path / "eval1", runs / "seed1", 0.25, {"reach-v3": 0.25})
     _fake_eval(tmp_path / "eval2", runs / "seed2", 0.75, {"reach-v3": 0.75})
-    proc = subprocess.run([sys.executable, "-m", "metarl_lightning.report", str(runs / "seed*"),
-                           str(tmp_path / "eval*"), "--out", str(tmp_path / "r2")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    # `python -m metarl_lightning.report ...`, forked from a preloaded interpreter (conftest)
+    proc = forked_python.run("metarl_lightning.report", [str(runs / "seed*"), str(tmp_path / "eval*"),
+                                                         "--out", str(tmp_path / "r2")],
+                             timeout=300, module=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     row = next(ln for ln in proc.stdout.splitlines() if ln.startswith(f"| {group} | eval"))
     assert "s1: 0.250, s2: 0.750" in row and "**0.500**" in row

@@ -47,9 +47,12 @@ def base_install_run(tmp_path_factory):
     (tmp / "site" / "sitecustomize.py").write_text(BLOCKER)
     run_dir = tmp / "run"
     env = base_install_run_env(run_dir)
+    # env worker processes while training; the end-of-run evaluation in-process (a second
+    # spawned worker re-imports train.py: ~7 s on 2 cores)
     proc = subprocess.run(
         [sys.executable, "train.py", *TINY, "logger=csv", "data.vector_strategy=process",
-         "data.num_workers=1", f"hydra.run.dir={run_dir}"],
+         "data.num_workers=1", "callbacks.meta_eval.vector_strategy=sync",
+         f"hydra.run.dir={run_dir}"],
         cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     return proc, run_dir
 

@@ -59,11 +59,14 @@ def test_multirun_over_every_experiment(tmp_path):
     assert sorted(ran) == EXPERIMENTS
 
 
-def test_optuna_sweep_writes_its_optimization_result(tmp_path):
+def test_optuna_sweep_writes_its_optimization_result(tmp_path, forked_python):
     sweep = tmp_path / "optuna"
     tiny = [o for o in TINY if not o.startswith("model.hidden_dim")]  # hidden_dim is searched
-    proc = run_train(["sweep=optuna", "hydra.sweeper.n_trials=2", *tiny,
-                      f"hydra.sweep.dir={sweep}"], tmp_path)
+    # `python train.py sweep=optuna ...` forked from a preloaded interpreter (conftest); the
+    # trials train in-process (TINY's sync envs)
+    proc = forked_python.run("train.py", ["sweep=optuna", "hydra.sweeper.n_trials=2", *tiny,
+                                          f"hydra.sweep.dir={sweep}"], cwd=tmp_path,
+                             env={"HYDRA_FULL_ERROR": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert set(result["best_params"]) == {"algorithm.inner_lr", "algorithm.optimizer.lr",
@@ -75,10 +78,12 @@ def test_optuna_sweep_writes_its_optimization_result(tmp_path):
         assert 0.0 <= values <= 1.0
 
 
-def test_a_sweep_without_its_metric_stops_before_training(tmp_path):
-    proc = run_train(["-m", "callbacks.meta_eval.at_end=false", "trainer.max_steps=3",
-                      "optimized_metric=val/success_rate", "select_on_test_split=true",
-                      f"hydra.sweep.dir={tmp_path / 'multirun'}"], tmp_path)
+def test_a_sweep_without_its_metric_stops_before_training(tmp_path, forked_python):
+    # `python train.py -m ...` forked from a preloaded interpreter (conftest.ForkedPython)
+    proc = forked_python.run("train.py", [
+        "-m", "callbacks.meta_eval.at_end=false", "trainer.max_steps=3",
+        "optimized_metric=val/success_rate", "select_on_test_split=true",
+        f"hydra.sweep.dir={tmp_path / 'multirun'}"], cwd=tmp_path, env={"HYDRA_FULL_ERROR": "1"})
     assert proc.returncode == 2
     assert "error: optimized_metric=val/success_rate is logged by callbacks.meta_eval" in proc.stderr
     assert not list(tmp_path.glob("multirun/*/checkpoints"))
