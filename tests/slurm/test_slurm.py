@@ -106,6 +106,12 @@ def test_scancel_writes_last_ckpt_and_a_resubmission_resumes(slurm_cluster, tmp_
     first, metrics = tmp_path / "first", tmp_path / "first" / "0" / "csv" / "metrics.csv"
     long = [o for o in TINY if not o.startswith(("trainer.max_steps", "callbacks.last_"))]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}
+    # The cluster is shared by the session's SLURM tests: let the earlier tests' jobs leave the
+    # queue (COMPLETING jobs are still listed), so the one job listed below is this test's.
+    deadline = time.time() + 180
+    while time.time() < deadline and _squeue():
+        time.sleep(1)
+    assert not _squeue(), f"jobs of earlier tests still queued: {_squeue()}"
     submitter = subprocess.Popen(
         [sys.executable, str(ROOT / "train.py"), "-m", *LAUNCHER, *DDP, *long,
          "trainer.max_steps=100000", "callbacks.last_checkpoint.every_n_train_steps=100000",
@@ -117,8 +123,9 @@ def test_scancel_writes_last_ckpt_and_a_resubmission_resumes(slurm_cluster, tmp_
                                           or metrics.read_text().count("\n") < 4):
             assert submitter.poll() is None, "the multirun ended before the job was cancelled"
             time.sleep(1)  # a few meta-iterations (no periodic checkpoint: every 100000)
-        (job,) = _squeue()
-        subprocess.run(["scancel", job], check=True)
+        jobs = _squeue()
+        assert len(jobs) == 1, f"expected this test's one job in the queue, got {jobs}"
+        subprocess.run(["scancel", jobs[0]], check=True)
         deadline = time.time() + 120  # KillWait=60 (scripts/slurm/start.sh) + slack
         while time.time() < deadline and _squeue():
             time.sleep(1)
