@@ -242,14 +242,14 @@ class SharedPolicyActing:
         actor = self.policy.actor
         mean, log_std = actor(obs.to(self.device))  # (T, B, act)
         return (*sample_action(mean, log_std, actor.action_scale, actor.action_bias,
-                               getattr(actor, "squash", True)), state)
+                               actor.squash), state)
 
     @torch.no_grad()
     def mean_action(self, params: Params, obs: torch.Tensor, state: State = None):
         actor = self.policy.actor
         mean, _ = actor(obs.to(self.device))
         return to_action(mean, actor.action_scale, actor.action_bias,
-                         getattr(actor, "squash", True)), state
+                         actor.squash), state
 
 
 def minibatches(n: int, num_minibatches: int, device: torch.device) -> tuple[torch.Tensor, ...]:

@@ -27,7 +27,7 @@ def sample_with_noise(mean: torch.Tensor, log_std: torch.Tensor, module: nn.Modu
     """(action, raw action, log-prob) from given standard-normal `noise` (same shape as `mean`),
     with `module`'s action box and squash setting."""
     return sample_action(mean, log_std, module.action_scale, module.action_bias,
-                         getattr(module, "squash", True), noise)
+                         module.squash, noise)
 
 
 def slot_generators(seed: int, slots: list[int]) -> list[torch.Generator]:

@@ -51,18 +51,13 @@ def gaussian_entropy(log_std: torch.Tensor) -> torch.Tensor:
 def sample_tanh_gaussian(mean: torch.Tensor, log_std: torch.Tensor, scale: torch.Tensor,
                          bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(action in the box, raw pre-tanh sample u, log-prob of the action) for (..., act) inputs."""
-    raw = mean + log_std.exp() * torch.randn_like(mean)
-    return squash(raw, scale, bias), raw, tanh_gaussian_log_prob(mean, log_std, raw, scale)
-
-
-def clip_to_box(u: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    return torch.maximum(torch.minimum(u, bias + scale), bias - scale)
+    return sample_action(mean, log_std, scale, bias, squash_actions=True)
 
 
 def to_action(u: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor,
               squash_actions: bool = True) -> torch.Tensor:
     """The env action for raw Gaussian sample(s) or mean(s) u."""
-    return squash(u, scale, bias) if squash_actions else clip_to_box(u, scale, bias)
+    return squash(u, scale, bias) if squash_actions else torch.clamp(u, bias - scale, bias + scale)
 
 
 def action_log_prob(mean: torch.Tensor, log_std: torch.Tensor, u: torch.Tensor,

@@ -46,6 +46,8 @@ class SACActor(nn.Module):
     head, as in SAC); same interface and action-box buffers as policies.GaussianActor, and the
     same tanh-Gaussian maths (policies/distributions.py)."""
 
+    squash = True  # always: SAC's entropy and log-probs are those of the squashed actions
+
     def __init__(self, obs_dim: int, action_dim: int, sizes: list[int], num_tasks: int | None, *,
                  layer_norm: bool, activation: str, action_low: torch.Tensor,
                  action_high: torch.Tensor):
