@@ -89,9 +89,10 @@ def test_workers_give_the_same_meta_batches_as_the_in_process_path(tmp_path, met
 def test_noise_comes_from_the_slot_generators():
     gens = slot_generators(1, [0, 1, 2])
     again = slot_generators(1, [2])
-    noise = draw_noise(gens, 4)  # (3, 1, 4)
-    assert noise.shape == (3, 1, 4)
-    assert torch.equal(draw_noise(again, 4)[0], noise[2])  # slot 2's noise alone = in a group
+    phase = draw_noise(gens, 4, 7)  # (3, 7, 4): a phase of 7 steps at once
+    assert phase.shape == (3, 7, 4)
+    assert torch.equal(draw_noise(again, 4, 7)[0], phase[2])  # slot 2 alone = in a group
+    noise = draw_noise(slot_generators(1, [0, 1, 2]), 4)  # (3, 1, 4)
     assert not torch.equal(noise[0], noise[1])
     mean, log_std = torch.randn(3, 1, 4), torch.randn(3, 1, 4) * 0.1
     scale, bias = torch.full((4,), 2.0), torch.zeros(4)
@@ -104,6 +105,35 @@ def test_noise_comes_from_the_slot_generators():
     a2, raw2, logp2 = sample_with_noise(mean, log_std, actor, ref_noise)
     assert torch.equal(raw_b, raw2) and torch.equal(logp_b, logp2) and torch.equal(b, a2)
     torch.testing.assert_close(raw, mean + log_std.exp() * noise)
+
+
+@pytest.mark.parametrize("model", ["mlp", "seed_mlp"])
+def test_per_slot_actions_by_batched_matmuls_equal_the_vmapped_functional_forward(model):
+    """MAML's query phase acts with each slot's adapted actor through batched matmuls
+    (sampling.batched_sequential), not vmap(functional_call): same means, so the same actions."""
+    from torch.func import vmap
+
+    from metarl_lightning.algorithms import functional as F
+    from metarl_lightning.algorithms.sampling import batched_sequential
+
+    cfg = compose_cfg(["benchmark=ml1", "benchmark.env_name=reach-v3", f"model={model}"])
+    actor = build_module(cfg, benchmark_info(cfg)).policy.actor
+    torch.manual_seed(0)
+    params = {k: v.detach() + 0.1 * torch.randn(5, *v.shape) for k, v in actor.named_parameters()}
+    obs = torch.randn(5, 1, actor.net[0].in_features)
+    mean, log_std = vmap(lambda p, o: F.actor_forward(actor, p, o))(params, obs)
+    torch.testing.assert_close(batched_sequential(actor.net, params, "net.", obs), mean,
+                               rtol=1e-6, atol=1e-6)
+    noise = torch.randn(5, 1, 4)
+    sampled = actor_sampler(actor).act(params, obs, None, noise)
+    torch.testing.assert_close(sampled[1], mean + log_std.exp() * noise, rtol=1e-6, atol=1e-6)
+    assert batched_sequential(torch.nn.GRU(3, 3), params, "", obs) is None  # -> vmap route
+
+
+def actor_sampler(actor):
+    from metarl_lightning.algorithms.sampling import ActorSampler
+
+    return ActorSampler(actor)
 
 
 def test_slots_are_balanced_by_cost_longest_first():

@@ -16,6 +16,7 @@ from torch import nn
 from torch.func import vmap
 
 from metarl_lightning.algorithms import functional as F
+from metarl_lightning.policies.actor_critic import _ACTIVATIONS, GaussianActor, LayerNorm
 from metarl_lightning.policies.distributions import sample_action
 from metarl_lightning.types import Params, State
 
@@ -36,9 +37,35 @@ def slot_generators(seed: int, slots: list[int]) -> list[torch.Generator]:
     return [torch.Generator().manual_seed(seed * 1_000_003 + 7919 * slot + 17) for slot in slots]
 
 
-def draw_noise(generators: list[torch.Generator], act_dim: int) -> torch.Tensor:
-    """(n, 1, act) standard normals, row i from generator i."""
-    return torch.stack([torch.randn(1, act_dim, generator=g) for g in generators])
+def draw_noise(generators: list[torch.Generator], act_dim: int, steps: int = 1) -> torch.Tensor:
+    """(n, steps, act) standard normals, row i from generator i. The collectors draw a whole
+    phase's noise at once (one call per slot, not one per slot and step: ~3% of a phase)."""
+    return torch.stack([torch.randn(steps, act_dim, generator=g) for g in generators])
+
+
+def batched_sequential(net: nn.Module, params: Params, prefix: str,
+                       x: torch.Tensor) -> torch.Tensor | None:
+    """`net` run on x (n, b, in) with per-slot parameters (params[prefix + name]: (n, ...)) as
+    batched matmuls; None if `net` is not a Sequential of Linear, LayerNorm and elementwise
+    activations (callers then use vmap). Measured for MAML's query phase (5 slots, 64-64 MLP,
+    one thread): 63 us per step against 645 us for `vmap(functional_call)`, same values."""
+    layers = list(net.named_children()) if isinstance(net, nn.Sequential) else []
+    known = (nn.Linear, LayerNorm, *_ACTIVATIONS.values())  # the layers policies/actor_critic.mlp uses
+    if not layers or not all(type(m) in known for _, m in layers):
+        return None
+    for name, layer in layers:
+        key = f"{prefix}{name}."
+        if isinstance(layer, nn.Linear):
+            x = torch.baddbmm(params[key + "bias"][:, None], x,
+                              params[key + "weight"].transpose(1, 2))
+        elif isinstance(layer, LayerNorm):
+            mean = x.mean(-1, keepdim=True)
+            var = (x - mean).pow(2).mean(-1, keepdim=True)
+            x = ((x - mean) * torch.rsqrt(var + layer.eps) * params[key + "weight"][:, None]
+                 + params[key + "bias"][:, None])
+        else:
+            x = layer(x)
+    return x
 
 
 class Sampler:
@@ -96,7 +123,13 @@ class ActorSampler(Sampler):
         if params is None:
             mean, log_std = actor(obs)
         else:
-            mean, log_std = vmap(lambda p, o: F.actor_forward(actor, p, o))(params, obs)
+            # GaussianActor.forward as batched matmuls; any other actor through vmap
+            mean = (batched_sequential(actor.net, params, "net.", obs)
+                    if type(actor) is GaussianActor else None)
+            if mean is not None:
+                log_std = params["log_std"][:, None].expand_as(mean)
+            else:
+                mean, log_std = vmap(lambda p, o: F.actor_forward(actor, p, o))(params, obs)
         return (*sample_with_noise(mean, log_std, actor, noise), state)
 
 

@@ -142,13 +142,17 @@ class VectorStepper:
                            (T, N, act_dim) if k == "raw_actions" else (T, N), np.float32)
                for k in FIELDS}
         obs = self.obs
+        # each group's noise for the whole phase, as the workers draw it
+        noise = [draw_noise([generators[s] for s in g], act_dim, N).to(device)
+                 for g in self.groups]
+        group_params = [None if params is None else {k: v[g] for k, v in params.items()}
+                        for g in self.groups]
         for t in range(N):
             actions = np.empty((T, act_dim), np.float32)
             for j, g in enumerate(self.groups):
                 obs_g = torch.as_tensor(obs[g], dtype=torch.float32)[:, None].to(device)
-                noise = draw_noise([generators[s] for s in g], act_dim).to(device)
-                p = None if params is None else {k: v[g] for k, v in params.items()}
-                action, raw, logp, self.states[j] = sampler.act(p, obs_g, self.states[j], noise)
+                action, raw, logp, self.states[j] = sampler.act(
+                    group_params[j], obs_g, self.states[j], noise[j][:, t:t + 1])
                 actions[g] = action[:, 0].cpu().numpy()
                 buf["raw_actions"][g, t] = raw[:, 0].cpu().numpy()
                 buf["log_probs"][g, t] = logp[:, 0].cpu().numpy()

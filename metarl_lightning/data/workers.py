@@ -109,11 +109,12 @@ class _SlotWorker:
             g.set_state(torch.from_numpy(a["gen_states"][s].copy()))
         act_dim = a["raw_actions"].shape[-1]
         steps = a["obs"].shape[1]
+        noise = draw_noise(gens, act_dim, steps)  # (k, steps, act): the phase's noise
         obs, state = self.obs, self.state
         for t in range(steps):
             obs_t = torch.as_tensor(obs, dtype=torch.float32)[:, None]  # (k, 1, obs)
-            noise = draw_noise(gens, act_dim)
-            action, raw, logp, state = self.sampler.act(params, obs_t, state, noise)
+            action, raw, logp, state = self.sampler.act(params, obs_t, state,
+                                                        noise[:, t:t + 1])
             actions = action[:, 0].numpy()
             a["obs"][idx, t] = obs
             a["raw_actions"][idx, t] = raw[:, 0].numpy()
