@@ -69,6 +69,36 @@ def test_polyak_update_interpolates_in_place():
     torch.testing.assert_close(target[1], torch.full((2,), 4.0 * 0.81))
 
 
+def test_actor_and_temperature_losses_share_one_backward_without_mixing_gradients():
+    """_sac_update steps the actor and temperature optimisers on the sum of their losses: each
+    parameter set must get exactly its own loss's gradient."""
+    from metarl_lightning.build import benchmark_info, build_module
+
+    cfg = compose_cfg(SAC + ["benchmark.meta_batch_size=2"])
+    module = build_module(cfg, benchmark_info(cfg))
+    with torch.no_grad():
+        module.log_alpha.copy_(torch.tensor([-0.5]))
+    torch.manual_seed(0)
+    obs = torch.randn(6, module.policy.obs_dim)
+    obs[:, -1] = 1.0  # MT1's one-hot id
+    task = torch.zeros(6, dtype=torch.long)
+    alpha, weights = module.log_alpha.detach().exp()[task], torch.ones(6)
+    actor = list(module.policy.actor.parameters())
+
+    def grads(which):
+        torch.manual_seed(1)  # the same reparameterised actions each time
+        actor_loss, alpha_loss, _ = module.actor_losses(obs, task, alpha, weights)
+        loss = {"sum": actor_loss + alpha_loss, "actor": actor_loss, "alpha": alpha_loss}[which]
+        return torch.autograd.grad(loss, actor + [module.log_alpha], allow_unused=True)
+
+    both, only_actor, only_alpha = grads("sum"), grads("actor"), grads("alpha")
+    for g, ref in zip(both[:-1], only_actor[:-1], strict=True):
+        torch.testing.assert_close(g, ref)
+    torch.testing.assert_close(both[-1], only_alpha[-1])
+    assert only_actor[-1] is None and all(g is None for g in only_alpha[:-1])
+    assert both[-1].abs().sum() > 0 and sum(g.abs().sum() for g in both[:-1]) > 0
+
+
 def _fill(buf: TaskReplayBuffer, steps: int, start: int = 0) -> None:
     for t in range(start, start + steps):  # slot s, step t: obs = 1000 * (s + 1) + t
         value = torch.arange(1, buf.num_slots + 1, dtype=torch.float32) * 1000 + t

@@ -161,38 +161,47 @@ class MTSAC(SharedPolicyActing, MetaRLModule):
                                      next_log_prob, alpha, terminated, hp.gamma, hp.q_target_clip)
         q = self.policy.critic(obs, actions)  # (2, N)
         critic_loss = (weights * (q - target).pow(2)).mean(1).sum() * 0.5  # SB3's 0.5 * sum MSE
-        if not self._step(critic_opt, critic_loss, last=False):
+        if not self._step((critic_opt,), critic_loss, last=False):
             return {}
         F.polyak_update(list(self.target_critic.parameters()),
                         list(self.policy.critic.parameters()), hp.tau)
 
-        # Actor: minimise alpha log pi - min Q over reparameterised actions (eq. 7).
-        action, log_prob = self.policy.actor.rsample(obs)
-        q_pi = self.policy.critic(obs, action).min(0).values
-        actor_loss = (weights * (alpha * log_prob - q_pi)).mean()
-        if not self._step(actor_opt, actor_loss, last=False):
+        actor_loss, alpha_loss, log_prob = self.actor_losses(obs, task, alpha, weights)
+        # One backward for both: each optimiser gets exactly its own loss's gradient
+        # (tests/test_mt_sac.py), for one autograd pass and one round of Lightning's hooks.
+        if not self._step((actor_opt, alpha_opt), actor_loss + alpha_loss, last=last):
             return {}
-
-        # Temperatures: each task's alpha toward entropy -|A| (eq. 18).
-        alpha_loss = F.temperature_loss(self.log_alpha, task, log_prob, self.target_entropy)
-        self._step(alpha_opt, alpha_loss, last=last)
         per_task = self.log_alpha.detach().exp()
         return {"critic_loss": critic_loss.detach(), "actor_loss": actor_loss.detach(),
                 "alpha_loss": alpha_loss.detach(), "q_mean": q.detach().mean(),
                 "entropy": -log_prob.detach().mean(), "alpha_mean": per_task.mean(),
                 "alpha_min": per_task.min(), "alpha_max": per_task.max()}
 
-    def _step(self, opt: Any, loss: torch.Tensor, last: bool) -> bool:
-        """Backward and step one optimiser (no gradient clipping: metaworld-algorithms' SAC has
-        max_grad_norm=None); a non-finite loss skips the rest of the update. Lightning counts a
-        LightningOptimizer.step() as a global step, so only the iteration's last step goes through
-        it: trainer.global_step counts iterations."""
-        opt.zero_grad()
+    def actor_losses(self, obs: torch.Tensor, task: torch.Tensor, alpha: torch.Tensor,
+                     weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(actor loss, temperature loss, log pi). The actor minimises alpha log pi - min Q over
+        reparameterised actions (eq. 7), with `alpha` and `weights` detached; each task's
+        temperature moves toward entropy -|A| (eq. 18), with log pi detached. So the actor loss
+        has no gradient in log_alpha and the temperature loss none in the actor."""
+        action, log_prob = self.policy.actor.rsample(obs)
+        q_pi = self.policy.critic(obs, action).min(0).values
+        actor_loss = (weights * (alpha * log_prob - q_pi)).mean()
+        alpha_loss = F.temperature_loss(self.log_alpha, task, log_prob, self.target_entropy)
+        return actor_loss, alpha_loss, log_prob
+
+    def _step(self, opts: tuple, loss: torch.Tensor, last: bool) -> bool:
+        """Backward and step the optimisers of `loss`'s parameters (no gradient clipping:
+        metaworld-algorithms' SAC has max_grad_norm=None); a non-finite loss skips the rest of
+        the update. Lightning counts a LightningOptimizer.step() as a global step, so only the
+        iteration's last step goes through it: trainer.global_step counts iterations."""
+        for opt in opts:
+            opt.zero_grad()
         if not torch.isfinite(loss):
             self._skip_nonfinite(loss, loss)
             return False
         self.manual_backward(loss)
-        (opt.step if last else opt.optimizer.step)()
+        for i, opt in enumerate(opts):
+            (opt.step if last and i == len(opts) - 1 else opt.optimizer.step)()
         self._nonfinite_in_a_row = 0
         return True
 
