@@ -95,7 +95,16 @@ def train_run(benchmark: str, iterations: int, extra: list[str]) -> dict:
             "wait_share": mean("perf/worker_wait_share") if "perf/worker_wait_share" in rows[0]
             else float("nan"),
             "iteration_s": mean("perf/iteration_time"), "peak_rss_mb": rss.peak, "wall_s": wall,
-            "iterations": len(rows) - 1}
+            "iterations": len(rows) - 1,
+            # the iterations' machine time (usable CPUs x wall): inside env.step in the rollout
+            # workers, the rest of the workers' busy time (policy forward, noise, bookkeeping),
+            # and the workers' idle time (the learner's adaptation, GAE, meta-update; waits)
+            "env_cpu": sum(float(r["perf/worker_env_seconds"]) for r in rows[1:]) / capacity(seconds),
+            "busy_cpu": sum(float(r["perf/worker_busy_seconds"]) for r in rows[1:]) / capacity(seconds)}
+
+
+def capacity(seconds: float) -> float:
+    return len(os.sched_getaffinity(0)) * seconds
 
 
 def _no_ipc_worker(fns, seconds: float, start, out) -> None:
@@ -181,6 +190,14 @@ def once(args) -> dict:
         print(f"{'  rollout workers wait share':<44s} {r['wait_share']:>8.1%}")
         print(f"{'  meta-update share of an iteration':<44s} {r['update_share']:>8.1%}"
               "   (target <= 10%)")
+        print(f"{'  machine time: in env.step':<44s} {r['env_cpu']:>8.1%}")
+        print(f"{'    rollout workers, rest of their work':<44s} {r['busy_cpu'] - r['env_cpu']:>8.1%}"
+              "   (policy forward, noise, bookkeeping)")
+        print(f"{'    workers idle':<44s} {1 - r['busy_cpu']:>8.1%}"
+              "   (learner: adaptation, GAE, update; waits)")
+        print(f"{'  env.step share of the workers busy time':<44s} "
+              f"{r['env_cpu'] / max(r['busy_cpu'], 1e-9):>8.1%}"
+              "   (the ratio to the limit if the workers never idled)")
         print(f"{'  peak RSS, all processes':<44s} {r['peak_rss_mb']:>8,.0f} MB", flush=True)
     if args.eval:
         from metarl_lightning.envs.vector import EVAL_INFO_KEYS

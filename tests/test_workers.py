@@ -52,7 +52,7 @@ def _assert_batches_equal(a, b):
             assert (x is None) == (y is None), field
             if x is not None:
                 assert torch.equal(x, y), f"{field}: max diff {(x - y).abs().max()}"
-    timing = ("collect_time", "worker_wait_share")
+    timing = ("collect_time", "worker_wait_share", "worker_busy_seconds", "worker_env_seconds")
     assert set(a.stats) == set(b.stats)
     for key in set(a.stats) - set(timing):  # scalars and per-slot arrays alike
         assert np.array_equal(a.stats[key], b.stats[key]), key
@@ -74,6 +74,8 @@ def test_workers_give_the_same_meta_batches_as_the_in_process_path(tmp_path, met
             assert a.support.rewards.abs().sum() > 0  # the envs did step
             assert b.support.advantages is None  # raw experience: GAE is training_step's
             assert 0.0 <= b.stats["worker_wait_share"] < 1.0 and len(workers.envs.last_busy) == 2
+            assert 0.0 < b.stats["worker_env_seconds"] < b.stats["worker_busy_seconds"]
+            assert a.stats["worker_busy_seconds"] == 0.0  # the in-process path has no workers
             with torch.no_grad():  # the next iteration samples with other parameters
                 for p in module.parameters():
                     p.add_(0.01 * torch.randn_like(p))

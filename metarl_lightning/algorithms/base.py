@@ -191,8 +191,10 @@ class MetaRLModule(L.LightningModule):
         })
         for k in ("return_pre", "return_post", "success_pre", "success_post"):
             log[f"train/{k}"] = batch.stats[k]
-        if "worker_wait_share" in batch.stats:  # fastest rollout worker's wait for the slowest
-            log["perf/worker_wait_share"] = batch.stats["worker_wait_share"]
+        for k in ("worker_wait_share",  # the fastest rollout worker's wait for the slowest
+                  "worker_busy_seconds", "worker_env_seconds"):
+            if k in batch.stats:
+                log[f"perf/{k}"] = batch.stats[k]
         log["perf/env_steps_per_s"] = steps / max(iter_time, 1e-9)
         if world > 1:  # mean over ranks (equal task shares): one collective for all keys
             values = self.trainer.strategy.reduce(

@@ -58,7 +58,7 @@ class RolloutCollector:
         T, K, H = self.num_tasks, self.episodes, self.horizon
         sampler = learner.sampler()
         support = self.stepper.run(sampler, None, self.generators, True, H)
-        waits = [getattr(self.stepper, "last_wait_share", 0.0)]
+        waits, cpu = [getattr(self.stepper, "last_wait_share", 0.0)], [self._worker_seconds()]
         ret_pre = support.rewards.reshape(T, K, H).sum(-1)  # (T, K)
         succ_pre = support_success = self.stepper.success.reshape(T, K, H).amax(-1)
         query = None
@@ -67,6 +67,7 @@ class RolloutCollector:
             adapted = learner.adapt_for_sampling(learner.sampling_params(T), support)
             query = self.stepper.run(sampler, adapted, self.generators, False, H)
             waits.append(getattr(self.stepper, "last_wait_share", 0.0))
+            cpu.append(self._worker_seconds())
             ret_post = query.rewards.reshape(T, K, H).sum(-1)
             succ_post = self.stepper.success.reshape(T, K, H).amax(-1)
         else:
@@ -80,10 +81,21 @@ class RolloutCollector:
             "success_pre": float(succ_pre.mean()), "success_post": float(succ_post.mean()),
             "env_steps": float(phases * T * K * H), "collect_time": time.perf_counter() - start,
             "worker_wait_share": float(np.mean(waits)),
+            # rollout workers' CPU seconds this iteration, summed over workers and phases: busy,
+            # and inside env.step (benchmarks/throughput.py splits an iteration with them)
+            "worker_busy_seconds": float(sum(b for b, _ in cpu)),
+            "worker_env_seconds": float(sum(e for _, e in cpu)),
             # (T,): per-task logging (runlog.per_task_success); mean over a slot's query episodes
             "success_post_per_slot": np.asarray(succ_post, np.float32).reshape(T, -1).mean(1),
         }
         return MetaBatch(support, query, stats)
+
+
+    def _worker_seconds(self) -> tuple[float, float]:
+        """(busy, in env.step) seconds of the last phase over all rollout workers; zeros for the
+        in-process path."""
+        return (sum(getattr(self.stepper, "last_busy", ())),
+                sum(getattr(self.stepper, "last_env", ())))
 
 
 class WorkerStepper:
@@ -96,6 +108,14 @@ class WorkerStepper:
     @property
     def last_wait_share(self) -> float:
         return self.workers.last_wait_share
+
+    @property
+    def last_busy(self) -> list[float]:
+        return self.workers.last_busy
+
+    @property
+    def last_env(self) -> list[float]:
+        return self.workers.last_env
 
     def run(self, sampler: Sampler, params: Params | None, generators, new_trial: bool,
             horizon: int) -> Rollout:

@@ -89,7 +89,8 @@ class _SlotWorker:
     def info(self):
         return task_names(self.envs)
 
-    def phase(self, new_trial: bool, per_slot: bool, horizon: int) -> float:
+    def phase(self, new_trial: bool, per_slot: bool, horizon: int) -> tuple[float, float]:
+        """Step the slots through one phase; (busy seconds, of which inside env.step)."""
         torch, a, idx = self.torch, self.a, self.slots
         from metarl_lightning.algorithms.sampling import draw_noise
 
@@ -110,7 +111,7 @@ class _SlotWorker:
         act_dim = a["raw_actions"].shape[-1]
         steps = a["obs"].shape[1]
         noise = draw_noise(gens, act_dim, steps)  # (k, steps, act): the phase's noise
-        obs, state = self.obs, self.state
+        obs, state, env_seconds = self.obs, self.state, 0.0
         for t in range(steps):
             obs_t = torch.as_tensor(obs, dtype=torch.float32)[:, None]  # (k, 1, obs)
             action, raw, logp, state = self.sampler.act(params, obs_t, state,
@@ -121,7 +122,9 @@ class _SlotWorker:
             a["log_probs"][idx, t] = logp[:, 0].numpy()
             nxt = np.empty_like(obs)
             for i, env in enumerate(self.envs):
+                t_env = time.perf_counter()
                 o, r, term, trunc, info = env.step(actions[i])
+                env_seconds += time.perf_counter() - t_env
                 s = idx[i]
                 done = term or trunc
                 a["rewards"][s, t], a["terminated"][s, t], a["dones"][s, t] = r, term, done
@@ -139,7 +142,7 @@ class _SlotWorker:
         self.obs, self.state = obs, state
         for g, s in zip(gens, idx, strict=True):
             a["gen_states"][s] = g.get_state().numpy()
-        return time.perf_counter() - start
+        return time.perf_counter() - start, env_seconds
 
     def call(self, name: str, args: tuple, kwargs: dict) -> list:
         out = []
@@ -203,7 +206,8 @@ class PhaseWorkers:
         self._procs: list = []
         self._conns: list = []
         self._tasks: list = [None] * self.num_workers
-        self.last_busy: list[float] = []
+        self.last_busy: list[float] = []  # per worker, last phase: seconds busy
+        self.last_env: list[float] = []  # ... of which inside env.step
         self.spec = layout(self.num_envs, steps, obs_dim, act_dim, sampler.num_parameters(),
                            self.num_workers)
         self._shm = SharedMemory(create=True, size=nbytes(self.spec))
@@ -243,7 +247,8 @@ class PhaseWorkers:
         """The caller has written `arrays['params']` and `arrays['gen_states']`; on return the
         rollout arrays hold the phase and `gen_states` the generators after it."""
         self.arrays["progress"][:] = 0
-        self.last_busy = self._run("phase", [(new_trial, per_slot, horizon)] * self.num_workers)
+        replies = self._run("phase", [(new_trial, per_slot, horizon)] * self.num_workers)
+        self.last_busy, self.last_env = [b for b, _ in replies], [e for _, e in replies]
 
     # vector-env-like access to the envs, results in slot order -----------------------------
     def call(self, name: str, *args: Any, **kwargs: Any) -> tuple:
