@@ -21,10 +21,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from metarl_lightning import config as _schema  # noqa: F401  (registers eval_schema)
 from metarl_lightning import runlog
-from metarl_lightning.build import recurrent_info_in_obs
+from metarl_lightning.build import benchmark_info
 from metarl_lightning.checkpoints import load_run
 from metarl_lightning.cli import check_overrides
-from metarl_lightning.config import BenchmarkConfig
 from metarl_lightning.evaluation import Evaluator
 from metarl_lightning.evaluation.plots import plot_eval
 from metarl_lightning.types import ConfigError
@@ -42,14 +41,11 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
              cfg.ckpt_path, module.name, runlog.benchmark_label(b), int(ckpt.get("global_step", 0)),
              f"{int(ckpt.get('env_steps', 0)):,}", cfg.split, cfg.seed)
     evaluator = Evaluator(
-        b.name, b.env_name, b.use_one_hot, cfg.split, cfg.seed,
-        meta_batch_size=e.meta_batch_size, max_episode_steps=b.max_episode_steps,
+        benchmark_info(run_cfg), cfg.split, cfg.seed, meta_batch_size=e.meta_batch_size,
         num_evals=e.num_evals, adaptation_episodes=e.adaptation_episodes,
         evaluation_episodes=e.evaluation_episodes, mt_episodes=e.mt_episodes,
-        deterministic=e.deterministic, reward_function_version=b.reward_function_version,
-        num_workers=cfg.num_workers, vector_strategy=cfg.vector_strategy,
-        recurrent_info_in_obs=recurrent_info_in_obs(run_cfg),
-        fast_step=b.get("fast_step", BenchmarkConfig.fast_step),  # runs from before the key existed
+        deterministic=e.deterministic, num_workers=cfg.num_workers,
+        vector_strategy=cfg.vector_strategy,
     )
     try:
         result = evaluator.run(module)

@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from metarl_lightning import config as schema
 from metarl_lightning import runlog
-from metarl_lightning.build import build_module, recurrent_info_in_obs
+from metarl_lightning.build import benchmark_info, build_module
 from metarl_lightning.callbacks import CheckpointOnInterrupt, EnvStepBudget
 from metarl_lightning.checkpoints import AtomicCheckpointIO, check_resumable, read_checkpoint
 from metarl_lightning.cli import check_overrides
@@ -58,16 +58,14 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
     if mp.get_start_method(allow_none=True) not in mp.get_all_start_methods():
         mp.set_start_method("spawn", force=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    b = cfg.benchmark
-    datamodule = MetaWorldDataModule(
-        benchmark=b.name, env_name=b.env_name, meta_batch_size=b.meta_batch_size,
-        episodes_per_task=cfg.algorithm.episodes_per_task, max_episode_steps=b.max_episode_steps,
-        use_one_hot=b.use_one_hot, reward_function_version=b.reward_function_version,
+    info = benchmark_info(cfg)  # the benchmark's facts, built once; callbacks read them from
+    datamodule = MetaWorldDataModule(  # trainer.datamodule.info
+        benchmark=info, meta_batch_size=cfg.benchmark.meta_batch_size,
+        episodes_per_task=cfg.algorithm.episodes_per_task,
         seed=cfg.seed, num_workers=cfg.data.num_workers, vector_strategy=cfg.data.vector_strategy,
         env_restarts=cfg.data.env_restarts, collector=cfg.data.collector,
-        recurrent_info_in_obs=recurrent_info_in_obs(cfg), fast_step=b.fast_step,
     )
-    module = build_module(cfg, datamodule.info)  # policy sizes from the benchmark
+    module = build_module(cfg, info)  # policy sizes from the benchmark
     # Plain containers only: checkpoints must load with torch.load(weights_only=True).
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
     resume = None

@@ -146,7 +146,8 @@ def no_ipc_limit(fns: list, num_workers: int, seconds: float, classes: list[str]
 
 def mt10_fns() -> tuple[list, list[str]]:
     info = mw.describe("MT10", None, True)
-    fns = mw.make_env_fns(info, split="train", meta_batch_size=10, benchmark_seed=1, env_seed=1)
+    fns = info.env_fns(split="train", meta_batch_size=10, benchmark_seed=1, env_seed=1,
+                       terminate_on_success=False)
     return fns, list(info.train_classes)
 
 
@@ -154,14 +155,14 @@ def eval_run(rounds: int, info_keys, fast_step: bool = True) -> float:
     """Seconds for the ML10 protocol evaluation of an untrained MAML-PPO policy."""
     from hydra import compose, initialize_config_dir
 
-    from metarl_lightning.build import benchmark_info, build_module
+    from metarl_lightning.build import build_module
     from metarl_lightning.evaluation.protocol import Evaluator
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=["benchmark=ml10"])
-    module = build_module(cfg, benchmark_info(cfg))
-    ev = Evaluator("ML10", None, False, "test", seed=1, num_evals=rounds, info_keys=info_keys,
-                   fast_step=fast_step)
+    info = mw.describe("ML10", fast_step=fast_step)
+    module = build_module(cfg, info)
+    ev = Evaluator(info, "test", seed=1, num_evals=rounds, info_keys=info_keys)
     try:
         return ev.run(module).seconds
     finally:

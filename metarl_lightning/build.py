@@ -17,8 +17,15 @@ def recurrent_info_in_obs(cfg: Any) -> bool:
 
 
 def benchmark_info(cfg: Any) -> BenchmarkInfo:
+    """The run's benchmark facts, the one place they are read from the config (train.py,
+    evaluate.py through checkpoints.load_run, config.validate)."""
+    from metarl_lightning.config import BenchmarkConfig
+
     b = cfg.benchmark
-    return describe(b.name, b.env_name, b.use_one_hot, recurrent_info_in_obs(cfg))
+    return describe(b.name, b.env_name, b.use_one_hot, recurrent_info_in_obs(cfg),
+                    max_episode_steps=b.max_episode_steps,
+                    reward_function_version=b.reward_function_version,
+                    fast_step=b.get("fast_step", BenchmarkConfig.fast_step))  # (older runs: no key)
 
 
 def build_module(cfg: Any, info: BenchmarkInfo):

@@ -259,10 +259,11 @@ def validate(cfg: Any) -> None:
     from hydra.utils import get_class
 
     from metarl_lightning import envs
+    from metarl_lightning.build import benchmark_info
     from metarl_lightning.types import ConfigError
 
     b = cfg.benchmark
-    info = envs.describe(b.name, b.env_name, b.use_one_hot)
+    info = benchmark_info(cfg)
     envs.check_meta_batch_size(info, b.meta_batch_size, "train")
     world = world_size(cfg.trainer)
     if world is not None:  # otherwise checked when the ranks exist (DataModule.setup)

@@ -41,9 +41,10 @@ def _train_rows(path):
 def test_evaluator_follows_the_protocol_on_tiny_splits(tiny_cfg, bench, extra):
     cfg = tiny_cfg(f"benchmark={bench}", "trainer.max_steps=1", *extra)
     _, objs = train(cfg)
-    evaluator = Evaluator(bench.upper(), "reach-v3", cfg.benchmark.use_one_hot, "test", seed=3,
+    info = mw.describe(bench.upper(), "reach-v3", cfg.benchmark.use_one_hot, max_episode_steps=10)
+    evaluator = Evaluator(info, "test", seed=3,
                           meta_batch_size=5 if bench == "ml1" else None,
-                          max_episode_steps=10, num_evals=2, adaptation_episodes=2,
+                          num_evals=2, adaptation_episodes=2,
                           evaluation_episodes=1, mt_episodes=2, vector_strategy="sync")
     try:
         result = evaluator.run(objs["module"])

@@ -54,11 +54,12 @@ def test_method_trains_one_step_and_follows_the_protocol(method, tmp_path):
                 "train/success_post", "train/env_steps", "perf/env_steps_per_s"):
         assert torch.isfinite(torch.tensor(metrics[key])), key
     bench = cfg.benchmark
-    evaluator = Evaluator(bench.name, "reach-v3", bench.use_one_hot, "test", seed=3,
+    info = mw.describe(bench.name, "reach-v3", bench.use_one_hot, method.startswith("rl2_ppo"),
+                       max_episode_steps=10)
+    evaluator = Evaluator(info, "test", seed=3,
                           meta_batch_size=5 if bench.name == "ML1" else None,
-                          max_episode_steps=10, num_evals=2, adaptation_episodes=2,
-                          evaluation_episodes=1, mt_episodes=2, vector_strategy="sync",
-                          recurrent_info_in_obs=method.startswith("rl2_ppo"))
+                          num_evals=2, adaptation_episodes=2,
+                          evaluation_episodes=1, mt_episodes=2, vector_strategy="sync")
     try:
         result = evaluator.run(module)
     finally:
@@ -174,10 +175,10 @@ def test_rl2_evaluation_state_spans_the_round_and_resets_at_init():
     info = mw.describe("ML1", "reach-v3", recurrent_info=True)
     module = _rl2(info.obs_dim)
     rec = Recorder(module)
-    evaluator = Evaluator("ML1", "reach-v3", False, "test", seed=3, meta_batch_size=5,
-                          max_episode_steps=10,
+    evaluator = Evaluator(mw.describe("ML1", "reach-v3", recurrent_info=True, max_episode_steps=10),
+                          "test", seed=3, meta_batch_size=5,
                           num_evals=2, adaptation_episodes=2, evaluation_episodes=1,
-                          vector_strategy="sync", recurrent_info_in_obs=True)
+                          vector_strategy="sync")
     try:
         evaluator.run(rec)
     finally:

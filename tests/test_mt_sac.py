@@ -202,8 +202,8 @@ def test_mt_sac_trains_one_iteration_and_evaluates_under_the_mt_protocol(model, 
         assert module.policy.actor.net.heads.weight.shape[0] == 1  # MT1: one head
     loaded, _, _ = load_run(str(tmp_path / "checkpoints" / "last.ckpt"))  # evaluate.py's path
     assert isinstance(loaded, MTSAC)
-    evaluator = Evaluator("MT1", "reach-v3", True, "test", seed=3, max_episode_steps=10,
-                          mt_episodes=2, vector_strategy="sync")
+    evaluator = Evaluator(mw.describe("MT1", "reach-v3", True, max_episode_steps=10), "test",
+                          seed=3, mt_episodes=2, vector_strategy="sync")
     try:
         result = evaluator.run(loaded)
     finally:

@@ -30,13 +30,10 @@ METHODS = {
 
 
 def _datamodule(cfg, collector: str, module, num_workers: int = 2) -> MetaWorldDataModule:
-    b = cfg.benchmark
     dm = MetaWorldDataModule(
-        benchmark=b.name, env_name=b.env_name, meta_batch_size=5,
-        episodes_per_task=cfg.algorithm.episodes_per_task, max_episode_steps=b.max_episode_steps,
-        use_one_hot=b.use_one_hot, seed=3, num_workers=num_workers, vector_strategy="sync",
-        recurrent_info_in_obs=bool(cfg.algorithm.get("recurrent_info_in_obs", False)),
-        collector=collector)
+        benchmark=benchmark_info(cfg), meta_batch_size=5,
+        episodes_per_task=cfg.algorithm.episodes_per_task, seed=3, num_workers=num_workers,
+        vector_strategy="sync", collector=collector)
     dm.learner = module
     dm.setup("fit")
     return dm

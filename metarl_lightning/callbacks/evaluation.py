@@ -16,14 +16,12 @@ _log = logging.getLogger(__name__)
 class MetaEvalCallback(L.Callback):
     """Every `every_n_steps` meta-iterations (and after the last one) run the official protocol
     and log `val/success_rate`, `val/return`, `val/success_rate/<task>`. The evaluation envs are
-    built on first use and reused."""
+    built on first use, for the run's benchmark (`trainer.datamodule.info`), and reused."""
 
-    def __init__(self, every_n_steps: int, benchmark: str, env_name: str | None = None,
-                 use_one_hot: bool = False, split: str = "test", seed: int = 1,
+    def __init__(self, every_n_steps: int, split: str = "test", seed: int = 1,
                  at_end: bool = True, **evaluator_kwargs):
         self.every_n_steps, self.at_end = every_n_steps, at_end
-        self.kwargs = dict(benchmark=benchmark, env_name=env_name, use_one_hot=use_one_hot,
-                           split=split, seed=seed, **evaluator_kwargs)
+        self.kwargs = dict(split=split, seed=seed, **evaluator_kwargs)
         self.evaluator: Evaluator | None = None
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs,
@@ -38,7 +36,7 @@ class MetaEvalCallback(L.Callback):
         log, result = None, None
         if trainer.is_global_zero:
             if self.evaluator is None:
-                self.evaluator = Evaluator(**self.kwargs)
+                self.evaluator = Evaluator(trainer.datamodule.info, **self.kwargs)
             result = self.evaluator.run(pl_module)
             log = {"val/success_rate": result.success_rate, "val/return": result.mean_return}
             log.update({f"val/success_rate/{task}": v for task, v in result.per_task.items()})

@@ -21,20 +21,26 @@ class VideoCallback(L.Callback):
     `<dirpath>/video_step<N>.gif`, and log it to W&B when that logger is on. Where MuJoCo cannot
     render, warn once and carry on."""
 
-    def __init__(self, dirpath: str, benchmark: str, env_name: str | None = None,
-                 use_one_hot: bool = False, split: str = "test", seed: int = 1,
-                 every_n_steps: int = 0, adaptation_episodes: int = 2,
-                 max_episode_steps: int = 500, gl: str | None = None, size: int = 240,
-                 recurrent_info_in_obs: bool = False, fast_step: bool = True):
+    def __init__(self, dirpath: str, split: str = "test", seed: int = 1,
+                 every_n_steps: int = 0, adaptation_episodes: int = 2, gl: str | None = None,
+                 size: int = 240):
         self.dirpath, self.every, self.gl, self.size = dirpath, every_n_steps, gl, size
-        info = mw.describe(benchmark, env_name, use_one_hot, recurrent_info_in_obs)
-        split = "train" if info.kind == "mt" else split
-        self.env_fn = mw.make_env_fns(
-            info, split=split, meta_batch_size=len(info.classes(split)), benchmark_seed=seed,
-            env_seed=seed + 20_000, max_episode_steps=max_episode_steps,
-            terminate_on_success=False, fast_step=fast_step)[0]
+        self.split, self.seed = split, seed
+        self.env_fn = None  # setup(): one env of the run's benchmark (trainer.datamodule.info)
         self.adaptation_episodes = adaptation_episodes
         self.disabled = False
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if self.env_fn is None:
+            self.env_fn = self.env_fn_for(trainer.datamodule.info, self.split, self.seed)
+
+    @staticmethod
+    def env_fn_for(info: mw.BenchmarkInfo, split: str, seed: int):
+        """A thunk of the first task class of `split` (MT: the training tasks)."""
+        split = "train" if info.kind == "mt" else split
+        return info.env_fns(split=split, meta_batch_size=len(info.classes(split)),
+                            benchmark_seed=seed, env_seed=seed + 20_000,
+                            terminate_on_success=False)[0]
 
     @rank_zero_only
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:

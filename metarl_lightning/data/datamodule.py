@@ -51,21 +51,18 @@ class MetaBatchStream(IterableDataset):
 
 
 class MetaWorldDataModule(L.LightningDataModule):
-    def __init__(self, benchmark: str, meta_batch_size: int, episodes_per_task: int,
-                 env_name: str | None = None, max_episode_steps: int = 500,
-                 use_one_hot: bool = False, reward_function_version: str = "v2",
+    """`benchmark`: the run's BenchmarkInfo (build.benchmark_info), also read from here by the
+    callbacks that build envs of their own (`trainer.datamodule.info`)."""
+
+    def __init__(self, benchmark: mw.BenchmarkInfo, meta_batch_size: int, episodes_per_task: int,
                  seed: int = 1, num_workers: int | None = None, vector_strategy: str = "process",
-                 env_restarts: int = 0,
-                 recurrent_info_in_obs: bool = False, fast_step: bool = True,
-                 collector: str = "workers"):
+                 env_restarts: int = 0, collector: str = "workers"):
         super().__init__()
-        self.fast_step = fast_step
-        self.info = mw.describe(benchmark, env_name, use_one_hot, recurrent_info_in_obs)
+        self.info = benchmark
         mw.check_meta_batch_size(self.info, meta_batch_size, "train")
         self.meta_batch_size = meta_batch_size
         self.episodes_per_task = episodes_per_task
-        self.max_episode_steps = max_episode_steps
-        self.reward_function_version = reward_function_version
+        self.max_episode_steps = benchmark.max_episode_steps
         self.seed = seed
         self.num_workers = num_workers
         self.vector_strategy = vector_strategy
@@ -93,13 +90,11 @@ class MetaWorldDataModule(L.LightningDataModule):
     def _build_envs(self) -> None:
         rank, world = _rank_and_world(self.trainer)
         mw.check_world_size(self.info, self.meta_batch_size, world)
-        fns = mw.make_env_fns(
-            self.info, split="train", meta_batch_size=self.meta_batch_size,
+        fns = self.info.env_fns(
+            split="train", meta_batch_size=self.meta_batch_size,
             benchmark_seed=self.seed,  # same goals on every rank
             env_seed=self.seed + 1000 * rank,  # different task order and noise per rank
-            max_episode_steps=self.max_episode_steps, terminate_on_success=False,
-            task_select="pseudorandom", reward_function_version=self.reward_function_version,
-            fast_step=self.fast_step,
+            terminate_on_success=False, task_select="pseudorandom",
         )
         # DDP: meta_batch_size is the whole meta-batch; rank r steps slots r, r+W, r+2W, ...
         # (each slot keeps its own share of its class's goals, so ranks never share a task).

@@ -28,12 +28,20 @@ ENV_NAMES = tuple(env_dict.ALL_V3_ENVIRONMENTS.keys())
 
 @dataclass(frozen=True)
 class BenchmarkInfo:
+    """A run's benchmark, built once from its config (build.benchmark_info) and handed to
+    everything that builds envs: the DataModule, the evaluator and the video callback (through
+    `trainer.datamodule.info`), and build_module for the policy's sizes."""
+
     name: str
     kind: Literal["ml", "mt"]
     train_classes: tuple[str, ...]
     test_classes: tuple[str, ...]  # empty for MT
     use_one_hot: bool
-    recurrent_info: bool = False  # RL²: previous action, reward and episode start in the obs
+    recurrent_info: bool  # RL²: previous action, reward and episode start in the obs
+    env_name: str | None  # ML1/MT1's task
+    max_episode_steps: int
+    reward_function_version: str
+    fast_step: bool  # envs/fast.py's bit-exact fast classes
 
     @property
     def obs_dim(self) -> int:
@@ -43,9 +51,22 @@ class BenchmarkInfo:
     def classes(self, split: str) -> tuple[str, ...]:
         return self.train_classes if split == "train" else self.test_classes
 
+    def env_fns(self, *, split: Literal["train", "test"], meta_batch_size: int,
+                benchmark_seed: int, env_seed: int, terminate_on_success: bool,
+                task_select: Literal["random", "pseudorandom"] = "pseudorandom",
+                goals_per_class: int = N_GOALS) -> list[functools.partial]:
+        """`make_env_fns` with this benchmark's episode length, reward version and stepping."""
+        return make_env_fns(
+            self, split=split, meta_batch_size=meta_batch_size, benchmark_seed=benchmark_seed,
+            env_seed=env_seed, max_episode_steps=self.max_episode_steps,
+            terminate_on_success=terminate_on_success, task_select=task_select,
+            reward_function_version=self.reward_function_version,
+            goals_per_class=goals_per_class, fast_step=self.fast_step)
+
 
 def describe(name: str, env_name: str | None = None, use_one_hot: bool = False,
-             recurrent_info: bool = False) -> BenchmarkInfo:
+             recurrent_info: bool = False, *, max_episode_steps: int = 500,
+             reward_function_version: str = "v2", fast_step: bool = True) -> BenchmarkInfo:
     """Static facts of a benchmark, without building anything. Raises ConfigError on bad names."""
     if name not in BENCHMARKS:
         raise ConfigError(
@@ -67,7 +88,11 @@ def describe(name: str, env_name: str | None = None, use_one_hot: bool = False,
         train, test = tuple(d["train"].keys()), tuple(d["test"].keys())
     else:
         train, test = tuple(getattr(env_dict, f"{name}_V3").keys()), ()
-    return BenchmarkInfo(name, kind, train, test, use_one_hot and kind == "mt", recurrent_info)
+    if reward_function_version not in ("v1", "v2"):
+        raise ConfigError(f"reward_function_version must be v1 or v2, got {reward_function_version!r}")
+    return BenchmarkInfo(name, kind, train, test, use_one_hot and kind == "mt", recurrent_info,
+                         env_name if name in ("ML1", "MT1") else None, int(max_episode_steps),
+                         reward_function_version, bool(fast_step))
 
 
 def valid_meta_batch_sizes(num_classes: int, num_goals: int = N_GOALS) -> list[int]:

@@ -57,15 +57,13 @@ class EvalResult:
 class Evaluator:
     """Builds the evaluation envs once; `run(learner)` may be called many times."""
 
-    def __init__(self, benchmark: str, env_name: str | None, use_one_hot: bool, split: str,
-                 seed: int, meta_batch_size: int | None = None, max_episode_steps: int = 500,
-                 num_evals: int | None = None, adaptation_episodes: int = 10,
-                 evaluation_episodes: int = 3,
+    def __init__(self, benchmark: mw.BenchmarkInfo, split: str, seed: int,
+                 meta_batch_size: int | None = None, num_evals: int | None = None,
+                 adaptation_episodes: int = 10, evaluation_episodes: int = 3,
                  mt_episodes: int = 50, deterministic: bool = True,
-                 reward_function_version: str = "v2", num_workers: int | None = None,
-                 vector_strategy: str = "process", recurrent_info_in_obs: bool = False,
-                 fast_step: bool = True, info_keys: tuple[str, ...] | None = EVAL_INFO_KEYS):
-        self.info = mw.describe(benchmark, env_name, use_one_hot, recurrent_info_in_obs)
+                 num_workers: int | None = None, vector_strategy: str = "process",
+                 info_keys: tuple[str, ...] | None = EVAL_INFO_KEYS):
+        self.info = benchmark  # the run's (build.benchmark_info), episode length included
         if self.info.kind == "mt":
             split = "train"  # MT has no test split: the protocol evaluates the training tasks
         self.split = split
@@ -76,13 +74,12 @@ class Evaluator:
         self.adaptation_episodes = adaptation_episodes
         self.evaluation_episodes, self.mt_episodes = evaluation_episodes, mt_episodes
         self.deterministic = deterministic
-        fns = mw.make_env_fns(
-            self.info, split=split, meta_batch_size=self.meta_batch_size, benchmark_seed=seed,
+        fns = self.info.env_fns(
+            split=split, meta_batch_size=self.meta_batch_size, benchmark_seed=seed,
             env_seed=seed + 10_000,  # evaluation draws its own goal order and noise
-            max_episode_steps=max_episode_steps, terminate_on_success=True,
+            terminate_on_success=True,
             task_select="random" if self.info.kind == "mt" else "pseudorandom",
-            reward_function_version=reward_function_version, goals_per_class=self.goals_per_class,
-            fast_step=fast_step,
+            goals_per_class=self.goals_per_class,
         )
         # only the info keys the protocol reads come back from the env workers (issue 12;
         # None: all of them, for benchmarks/throughput.py --eval)
