@@ -125,6 +125,7 @@ def test_bad_checkpoints_are_one_line_errors(tiny_cfg, tmp_path):
     ("ML1", "test", (20, 40, 2)),
     ("ML10", "train", (20, 50, 25)),
     ("ML45", "train", (45, 50, 50)),  # 20 does not split 45 classes: one sub-env per class
+    ("ML1", "train", (10, 50, 5)),  # 20 does not split 50 goals: the most sub-envs below that do
     ("MT10", "train", (10, 50, 1)),
 ])
 def test_protocol_coverage_defaults(bench, split, expected):

@@ -121,9 +121,10 @@ def protocol_coverage(info: mw.BenchmarkInfo, split: str,
                       meta_batch_size: int | None = None) -> tuple[int, int, int]:
     """(sub-envs, goals per class, rounds) of the protocol's evaluation of `split`.
 
-    ML: 20 sub-envs where that splits the classes' goals evenly (else one per class), 40 goals
-    per class on the test split (all 50 on the train split), and as many rounds as it takes to
-    visit each goal once. MT: one sub-env per task (the protocol counts episodes, not rounds:
+    ML: 20 sub-envs where that splits the classes' goals evenly (else the most sub-envs up to
+    20 that do, else one per class: ML1's train split has 50 goals, so 10 sub-envs and 5 rounds
+    rather than 1 sub-env and 50 rounds), 40 goals per class on the test split (all 50 on the
+    train split), and as many rounds as it takes to visit each goal once. MT: one sub-env per task (the protocol counts episodes, not rounds:
     `mt_episodes`)."""
     classes = len(info.classes(split))
     if info.kind == "mt":
@@ -131,7 +132,8 @@ def protocol_coverage(info: mw.BenchmarkInfo, split: str,
     goals = PROTOCOL_TEST_GOALS if split == "test" else mw.N_GOALS
     if meta_batch_size is None:
         valid = mw.valid_meta_batch_sizes(classes, goals)
-        meta_batch_size = PROTOCOL_META_BATCH if PROTOCOL_META_BATCH in valid else valid[0]
+        fitting = [v for v in valid if v <= PROTOCOL_META_BATCH]
+        meta_batch_size = max(fitting) if fitting else valid[0]
     rounds = max(1, classes * goals // meta_batch_size)
     return meta_batch_size, goals, rounds
 
