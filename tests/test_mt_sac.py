@@ -4,6 +4,7 @@ off-policy stream, a short run through train.py, resume, evaluation, and the env
 from __future__ import annotations
 
 import gymnasium as gym
+import lightning as L
 import pytest
 import torch
 
@@ -271,3 +272,36 @@ def test_mt_sac_experiment_files_compose_and_validate(name, tmp_path):
     schema.validate(cfg)
     assert cfg.algorithm._target_.endswith("MTSAC") and cfg.max_env_steps > 0
     assert cfg.model._target_.endswith("MultiHeadActorCritic")
+
+
+class FinalParams(L.Callback):
+    """Saves each rank's parameters at the end (module level: spawned ranks unpickle it)."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def on_train_start(self, trainer, pl_module):
+        self.initial = {k: v.detach().clone() for k, v in pl_module.named_parameters()}
+
+    def on_train_end(self, trainer, pl_module):
+        torch.save({"initial": self.initial, "env_steps": pl_module.env_steps,
+                    "final": {k: v.detach().clone() for k, v in pl_module.named_parameters()}},
+                   f"{self.path}/rank{trainer.global_rank}.pt")
+
+
+def test_mt_sac_on_two_ddp_ranks_keeps_one_set_of_parameters(tmp_path):
+    """Each rank steps its own task slot into its own buffer; the gradients are averaged, so both
+    ranks end every update with the same networks and temperatures."""
+    from omegaconf import open_dict
+
+    cfg = _cfg(tmp_path, "trainer=ddp_cpu", "trainer.max_steps=1", "data.num_workers=1")
+    with open_dict(cfg):
+        cfg.callbacks.final_params = {"_target_": "tests.test_mt_sac.FinalParams",
+                                      "path": str(tmp_path)}
+    train(cfg)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+    assert ranks[0]["env_steps"] == ranks[1]["env_steps"] == 2 * 7  # both ranks' steps counted
+    for name, value in ranks[0]["final"].items():
+        assert torch.equal(value, ranks[1]["final"][name]), name
+        assert torch.equal(ranks[0]["initial"][name], ranks[1]["initial"][name]), name
+    assert any(not torch.equal(v, ranks[0]["initial"][k]) for k, v in ranks[0]["final"].items())

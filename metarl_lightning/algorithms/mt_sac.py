@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from metarl_lightning.algorithms import sac_functional as F
 from metarl_lightning.algorithms.base import MetaRLModule, SharedPolicyActing
@@ -133,14 +134,20 @@ class MTSAC(SharedPolicyActing, MetaRLModule):
         batch is pulled right before its update, so the envs always act with current weights."""
         env_steps, update_time, metrics, stats = 0.0, 0.0, {}, {}
         n = self.hparams.steps_per_iteration
-        for i in range(n):
-            batch, _, _ = next(dataloader_iter)
-            batch = self.trainer.strategy.batch_to_device(batch)
-            start = time.perf_counter()
-            with single_threaded_torch() if self.device.type == "cpu" else contextlib.nullcontext():
-                metrics = self._sac_update(batch, last=i == n - 1) or metrics
-            update_time += time.perf_counter() - start
-            env_steps, stats = env_steps + batch.stats["env_steps"], batch.stats
+        # DDP: each loss reaches only some parameters (the critic's none of the actor's), which
+        # DDP's reducer refuses; its sync is switched off and _step averages the gradients.
+        ddp = self.trainer.strategy.model
+        no_sync = ddp.no_sync() if isinstance(ddp, DistributedDataParallel) else contextlib.nullcontext()
+        with no_sync:
+            for i in range(n):
+                batch, _, _ = next(dataloader_iter)
+                batch = self.trainer.strategy.batch_to_device(batch)
+                start = time.perf_counter()
+                with (single_threaded_torch() if self.device.type == "cpu"
+                      else contextlib.nullcontext()):
+                    metrics = self._sac_update(batch, last=i == n - 1) or metrics
+                update_time += time.perf_counter() - start
+                env_steps, stats = env_steps + batch.stats["env_steps"], batch.stats
         self._log_step({**stats, "env_steps": env_steps}, metrics, update_time)
 
     def _sac_update(self, batch: ReplayBatch, last: bool) -> dict[str, torch.Tensor]:
@@ -200,6 +207,9 @@ class MTSAC(SharedPolicyActing, MetaRLModule):
             self._skip_nonfinite(loss, loss)
             return False
         self.manual_backward(loss)
+        if self.trainer.world_size > 1:
+            _average_gradients([p for opt in opts for g in opt.param_groups for p in g["params"]
+                                if p.grad is not None], self.trainer.world_size)
         for i, opt in enumerate(opts):
             (opt.step if last and i == len(opts) - 1 else opt.optimizer.step)()
         self._nonfinite_in_a_row = 0
@@ -247,6 +257,17 @@ class MTSAC(SharedPolicyActing, MetaRLModule):
             # first warmup_steps). The run then differs from an uninterrupted one.
             self.replay = None
             self.learning_starts = self.vector_steps + self.hparams.warmup_steps
+
+
+def _average_gradients(params: list[torch.Tensor], world_size: int) -> None:
+    """Mean of the ranks' gradients, in place: one all-reduce of the flattened gradients."""
+    flat = torch.cat([p.grad.flatten() for p in params])
+    torch.distributed.all_reduce(flat)
+    flat /= world_size
+    offset = 0
+    for p in params:
+        p.grad.copy_(flat[offset:offset + p.numel()].view_as(p.grad))
+        offset += p.numel()
 
 
 def check_keys(hp: Any) -> None:

@@ -124,8 +124,8 @@ def protocol_coverage(info: mw.BenchmarkInfo, split: str,
     ML: 20 sub-envs where that splits the classes' goals evenly (else the most sub-envs up to
     20 that do, else one per class: ML1's train split has 50 goals, so 10 sub-envs and 5 rounds
     rather than 1 sub-env and 50 rounds), 40 goals per class on the test split (all 50 on the
-    train split), and as many rounds as it takes to visit each goal once. MT: one sub-env per task (the protocol counts episodes, not rounds:
-    `mt_episodes`)."""
+    train split), and as many rounds as it takes to visit each goal once. MT: one sub-env per
+    task (the protocol counts episodes, not rounds: `mt_episodes`)."""
     classes = len(info.classes(split))
     if info.kind == "mt":
         return meta_batch_size or classes, mw.N_GOALS, 1
