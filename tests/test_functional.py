@@ -129,6 +129,15 @@ def test_gaussian_entropy_by_hand():
     assert D.gaussian_entropy(log_std).item() == pytest.approx(expected)
 
 
+def test_saturation_counts_mean_actions_at_the_box_edge():
+    mean = torch.tensor([[0.0, 3.0, -3.0, 1.0]])  # tanh: 0, 0.995, -0.995, 0.76
+    ones, zeros = torch.ones(4), torch.zeros(4)
+    assert D.saturation(mean, ones, zeros, squash_actions=True).item() == 0.5
+    assert D.saturation(mean, ones, zeros, squash_actions=False).item() == 0.75  # clipped: 1 too
+    # in the box's units: scale 2, bias 1 -> box [-1, 3]; mean 3 is at the edge, 1 the centre
+    assert D.saturation(mean, ones * 2, ones, squash_actions=False).item() == 0.5
+
+
 def test_normalize_per_task():
     x = torch.tensor([[1.0, 2.0, 3.0], [10.0, 20.0, 30.0]])
     y = F.normalize(x, dim=-1)

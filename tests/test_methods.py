@@ -53,6 +53,8 @@ def test_method_trains_one_step_and_follows_the_protocol(method, tmp_path):
     for key in ("train/policy_loss", "train/value_loss", "train/approx_kl", "train/grad_norm",
                 "train/success_post", "train/env_steps", "perf/env_steps_per_s"):
         assert torch.isfinite(torch.tensor(metrics[key])), key
+    if method.startswith("mt_ppo"):
+        assert 0.0 <= metrics["train/mean_action_saturation"] <= 1.0
     bench = cfg.benchmark
     info = mw.describe(bench.name, "reach-v3", bench.use_one_hot, method.startswith("rl2_ppo"),
                        max_episode_steps=10)

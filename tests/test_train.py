@@ -11,7 +11,7 @@ from train import train
 LOGGED = ["train/policy_loss", "train/value_loss", "train/entropy", "train/approx_kl",
           "train/clip_fraction", "train/grad_norm", "train/inner_loss", "train/return_pre",
           "train/return_post", "train/success_pre", "train/success_post", "train/env_steps",
-          "perf/env_steps_per_s"]
+          "train/mean_action_saturation", "perf/env_steps_per_s"]
 
 
 def _rows(path):

@@ -15,7 +15,12 @@ from torch.func import vmap
 
 from metarl_lightning.algorithms import functional as F
 from metarl_lightning.algorithms.base import MetaRLModule, to_device
-from metarl_lightning.policies.distributions import gaussian_entropy, sample_action, to_action
+from metarl_lightning.policies.distributions import (
+    gaussian_entropy,
+    sample_action,
+    saturation,
+    to_action,
+)
 from metarl_lightning.types import ActorCriticPolicy, MetaBatch, Params, Rollout, State
 
 
@@ -144,6 +149,11 @@ class MAMLPPO(MetaRLModule):
                 metrics.update(policy_loss=policy_loss, value_loss=v_loss, entropy=entropy,
                                grad_norm=grad_norm)
             metrics.update(approx_kl=stats["approx_kl"], clip_fraction=stats["clip_fraction"])
+        with torch.no_grad():  # the meta-policy's mean actions on the query states
+            mean, _ = self.policy.actor(query.obs)
+            actor = self.policy.actor
+            metrics["mean_action_saturation"] = saturation(mean, actor.action_scale,
+                                                           actor.action_bias, actor.squash)
         metrics.update(inner_loss=inner,
                        explained_variance=F.explained_variance(values.detach(), returns))
         if hp.learn_inner_lr:

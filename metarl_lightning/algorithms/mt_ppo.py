@@ -15,7 +15,7 @@ import torch
 
 from metarl_lightning.algorithms import functional as F
 from metarl_lightning.algorithms.base import MetaRLModule, SharedPolicyActing
-from metarl_lightning.policies.distributions import action_log_prob
+from metarl_lightning.policies.distributions import action_log_prob, saturation
 from metarl_lightning.types import ActorCriticPolicy, MetaBatch
 
 
@@ -69,4 +69,8 @@ class MTPPO(SharedPolicyActing, MetaRLModule):
         # Sampling-time values (returns - advantages) against the returns, as in CleanRL.
         metrics["explained_variance"] = F.explained_variance(data.returns - data.advantages,
                                                              data.returns)
+        with torch.no_grad():
+            mean, _ = actor(flat["obs"])
+            metrics["mean_action_saturation"] = saturation(mean, actor.action_scale,
+                                                           actor.action_bias, actor.squash)
         return metrics

@@ -77,3 +77,13 @@ def sample_action(mean: torch.Tensor, log_std: torch.Tensor, scale: torch.Tensor
     raw = mean + log_std.exp() * noise
     return (to_action(raw, scale, bias, squash_actions), raw,
             action_log_prob(mean, log_std, raw, scale, squash_actions))
+
+
+def saturation(mean: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor,
+               squash_actions: bool = True, level: float = 0.99) -> torch.Tensor:
+    """Share of action dimensions whose mean action sits at >= `level` of the box half-width
+    (squashed: |tanh(mean)| >= 0.99, i.e. |mean| >= 2.65, where a small change of the mean no
+    longer moves the action; clipped: at or beyond the box edge). Near 1: a bang-bang policy."""
+    a = (to_action(mean, scale, bias, squash_actions) - bias) / scale
+    return (a.abs() >= level).float().mean()
+
