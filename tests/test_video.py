@@ -29,3 +29,18 @@ def test_unusable_renderer_is_reported_not_raised(tmp_path):
     problem = render_episode_gif(_fn(), [np.zeros((3, 4), np.float32)], str(tmp_path / "v.gif"),
                                  gl="no-such-backend", size=32)
     assert problem is not None and "could not render" in problem
+
+
+def test_train_with_callbacks_video_films_the_runs_benchmark(tmp_path):
+    """The callback builds its env from the run's benchmark (trainer.datamodule.info): a tiny
+    run with callbacks=video ends with a GIF, or without one where MuJoCo cannot render."""
+    from tests.conftest import TINY, compose_cfg
+    from train import train
+
+    cfg = compose_cfg(TINY + ["callbacks=video", "callbacks.video.adaptation_episodes=1",
+                              "callbacks.video.size=32", "trainer.max_steps=1"], tmp_path)
+    _, objs = train(cfg)
+    video = next(c for c in objs["trainer"].callbacks if type(c).__name__ == "VideoCallback")
+    assert video.env_fn.keywords["max_episode_steps"] == cfg.benchmark.max_episode_steps
+    gifs = list((tmp_path / "videos").glob("video_step1.gif"))
+    assert len(gifs) == 1 or video.disabled

@@ -9,7 +9,6 @@ import lightning as L
 import numpy as np
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
-from metarl_lightning import envs as mw
 from metarl_lightning.data.collector import single_threaded_torch
 from metarl_lightning.envs.render import render_episode_gif
 from metarl_lightning.evaluation import MetaLearnerAgent
@@ -31,16 +30,12 @@ class VideoCallback(L.Callback):
         self.disabled = False
 
     def setup(self, trainer, pl_module, stage: str) -> None:
-        if self.env_fn is None:
-            self.env_fn = self.env_fn_for(trainer.datamodule.info, self.split, self.seed)
-
-    @staticmethod
-    def env_fn_for(info: mw.BenchmarkInfo, split: str, seed: int):
-        """A thunk of the first task class of `split` (MT: the training tasks)."""
-        split = "train" if info.kind == "mt" else split
-        return info.env_fns(split=split, meta_batch_size=len(info.classes(split)),
-                            benchmark_seed=seed, env_seed=seed + 20_000,
-                            terminate_on_success=False)[0]
+        if self.env_fn is None:  # the first task class of the split (MT: the training tasks)
+            info = trainer.datamodule.info
+            split = "train" if info.kind == "mt" else self.split
+            self.env_fn = info.env_fns(split=split, meta_batch_size=len(info.classes(split)),
+                                       benchmark_seed=self.seed, env_seed=self.seed + 20_000,
+                                       terminate_on_success=False)[0]
 
     @rank_zero_only
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
