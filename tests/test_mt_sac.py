@@ -289,6 +289,7 @@ class FinalParams(L.Callback):
                    f"{self.path}/rank{trainer.global_rank}.pt")
 
 
+@pytest.mark.slow  # two spawned ranks: ~60-90 s
 def test_mt_sac_on_two_ddp_ranks_keeps_one_set_of_parameters(tmp_path):
     """Each rank steps its own task slot into its own buffer; the gradients are averaged, so both
     ranks end every update with the same networks and temperatures."""
