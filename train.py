@@ -122,6 +122,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
         if status == "finished" and interrupt is not None and interrupt.signum == signal.SIGINT:
             status, stopped_by = "stopped by Ctrl-C", signal.SIGINT
         elif (status == "finished" and not trainer.fast_dev_run
+              and not any(isinstance(c, EnvStepBudget) and c.reached for c in callbacks)
               and trainer.global_step < cfg.trainer.max_steps):
             status = f"stopped early (trainer.max_time={cfg.trainer.get('max_time')} or a callback)"
         if rank_zero_only.rank == 0:

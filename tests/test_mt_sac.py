@@ -240,13 +240,19 @@ def test_resume_without_the_buffer_refills_it_before_updating(tmp_path):
     assert module.vector_steps == 7 + 7 and module.replay.size == 7
 
 
-def test_max_env_steps_stops_any_method_at_its_budget(tmp_path):
+def test_max_env_steps_stops_any_method_at_its_budget(tmp_path, caplog):
     # MT-PPO on MT1: 2 slots x 1 episode x 10 steps = 20 env steps per iteration
     ppo = [o for o in TINY if not o.startswith("algorithm.")] + [
         "algorithm=mt_ppo", "benchmark=mt1", "algorithm.update_epochs=1"]
     _, objs = train(compose_cfg(ppo + ["trainer.max_steps=2", "max_env_steps=50"], tmp_path))
     assert objs["trainer"].global_step == 3 and objs["module"].env_steps == 60  # past max_steps
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    # a budget reached before trainer.max_steps is a finished run, not an early stop
+    caplog.clear()
+    _, objs = train(compose_cfg(ppo + ["trainer.max_steps=5", "max_env_steps=30"],
+                                tmp_path / "short"))
+    assert objs["trainer"].global_step == 2 and objs["module"].env_steps == 40
+    assert "finished after 2 meta-iterations" in caplog.text and "stopped early" not in caplog.text
     # MT-SAC: 14 env steps in the first iteration (warm-up), 6 per iteration after
     _, objs = train(_cfg(tmp_path / "sac", "trainer.max_steps=1", "max_env_steps=20"))
     assert objs["trainer"].global_step == 2 and objs["module"].env_steps == 20

@@ -13,8 +13,9 @@ class EnvStepBudget(L.Callback):
 
     def __init__(self, max_env_steps: int):
         self.max_env_steps = max_env_steps
+        self.reached = False  # train.py reports a run stopped here as finished
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs,
                            batch, batch_idx: int) -> None:
         if getattr(pl_module, "env_steps", 0) >= self.max_env_steps:
-            trainer.should_stop = True
+            trainer.should_stop = self.reached = True
