@@ -77,7 +77,10 @@ def publish(run_dir: Path, dest: Path, eval_json: Path | None = None, code_dir: 
     (dest / "README.md").write_text(
         f"# {report['method']} on {report['benchmark']}"
         f"{' ' + report['env_name'] if report.get('env_name') else ''}, seed {report['train_seed']}\n\n"
-        f"Held-out success under the protocol ({report['split']} split): "
+        + ("Held-out success under the protocol (test split): " if report["split"] == "test"
+           else "Success under the protocol on the training tasks (MT has no held-out split): "
+           if report["benchmark"].startswith("MT")
+           else f"Success under the protocol ({report['split']} split): ") +
         f"**{report['success_rate']:.3f}** (mean episode return {report.get('return', float('nan')):.1f}) "
         f"after {report['env_steps_trained']:,} env steps ({report['meta_iterations']} "
         f"meta-iterations), scored on `last.ckpt`.\n\n"
