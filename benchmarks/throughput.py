@@ -214,7 +214,7 @@ def once(args) -> dict:
         print(f"{'  fast envs, protocol keys only':<44s} {after:>8.1f} s   "
               f"{stock / after:.2f}x faster (target >= 1.5x)", flush=True)
     if args.mt50:
-        res["mt50"] = train_run("mt50", 2, args.overrides)
+        res["mt50"] = train_run("mt50", 3, args.overrides)  # 3: one warm-up, then a rate
         print(f"{'peak RSS, all processes, MT50':<44s} {res['mt50']['peak_rss_mb']:>8,.0f} MB"
               "   (target <= 3 GB)", flush=True)
     return res
@@ -223,13 +223,16 @@ def once(args) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=8.0)
-    ap.add_argument("--iterations", type=int, default=7, help="first one is warm-up")
+    ap.add_argument("--iterations", type=int, default=7,
+                    help="first one is warm-up; at least 3 (the rate needs two after it)")
     ap.add_argument("--mt50", action="store_true", help="also measure MT50 peak RSS (slow)")
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--eval", action="store_true", help="time the ML10 protocol evaluation")
     ap.add_argument("--eval-rounds", type=int, default=10)
     ap.add_argument("overrides", nargs="*", help="extra train.py overrides")
     args = ap.parse_args()
+    if args.iterations < 3:
+        ap.error("--iterations must be >= 3: the first is warm-up and the rate needs two more")
     print(f"{len(os.sched_getaffinity(0))} usable CPUs; effective parallel CPUs now: "
           f"{effective_cpus():.2f}", flush=True)
     runs = []
