@@ -58,11 +58,9 @@ def batched_sequential(net: nn.Module, params: Params, prefix: str,
         if isinstance(layer, nn.Linear):
             x = torch.baddbmm(params[key + "bias"][:, None], x,
                               params[key + "weight"].transpose(1, 2))
-        elif isinstance(layer, LayerNorm):
-            mean = x.mean(-1, keepdim=True)
-            var = (x - mean).pow(2).mean(-1, keepdim=True)
-            x = ((x - mean) * torch.rsqrt(var + layer.eps) * params[key + "weight"][:, None]
-                 + params[key + "bias"][:, None])
+        elif isinstance(layer, LayerNorm):  # its own elementwise forward, per-slot affine
+            x = torch.func.functional_call(layer, {"weight": params[key + "weight"][:, None],
+                                                   "bias": params[key + "bias"][:, None]}, (x,))
         else:
             x = layer(x)
     return x
