@@ -90,7 +90,6 @@ class RolloutCollector:
         }
         return MetaBatch(support, query, stats)
 
-
     def _worker_seconds(self) -> tuple[float, float]:
         """(busy, in env.step) seconds of the last phase over all rollout workers; zeros for the
         in-process path."""
