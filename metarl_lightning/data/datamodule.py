@@ -62,7 +62,6 @@ class MetaWorldDataModule(L.LightningDataModule):
         mw.check_meta_batch_size(self.info, meta_batch_size, "train")
         self.meta_batch_size = meta_batch_size
         self.episodes_per_task = episodes_per_task
-        self.max_episode_steps = benchmark.max_episode_steps
         self.seed = seed
         self.num_workers = num_workers
         self.vector_strategy = vector_strategy
@@ -109,7 +108,7 @@ class MetaWorldDataModule(L.LightningDataModule):
         classes = self.info.train_classes
         ids = mw.task_ids(self.info, self.meta_batch_size, "train")
         groups = assign_slots(slot_costs([classes[ids[g]] for g in slots]), num_workers)
-        steps = self.episodes_per_task * self.max_episode_steps
+        steps = self.episodes_per_task * self.info.max_episode_steps
         self.rank, self.world_size = rank, world
         # Off-policy learners (MT-SAC) step a vector env one step at a time into their replay
         # buffer (data/offpolicy.py); phase workers serve the on-policy methods.
@@ -132,7 +131,7 @@ class MetaWorldDataModule(L.LightningDataModule):
                 raise RuntimeError(f"env observation size {got} != expected {self.info.obs_dim}")
             stepper = VectorStepper(self.envs, groups, steps)
         self.collector = RolloutCollector(stepper, self.generators, self.episodes_per_task,
-                                          self.max_episode_steps)
+                                          self.info.max_episode_steps)
 
     def _learner(self):
         if self.learner is not None:
