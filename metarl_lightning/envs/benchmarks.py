@@ -170,9 +170,10 @@ def make_env_fns(
         tasks = tasks[:goals_per_class]
         for i in range(per_class):
             fns.append(functools.partial(
-                init,
+                _own_tasks,
+                init=init,
                 env_cls=fast_class(env_cls) if fast_step else env_cls,
-                tasks=tasks[i::per_class],
+                tasks=tuple(tasks[i::per_class]),
                 seed=env_seed,
                 max_episode_steps=max_episode_steps,
                 terminate_on_success=terminate_on_success,
@@ -203,6 +204,13 @@ class EpisodeStartFlag(gym.Wrapper):
         obs = obs.copy()
         obs[-1] = 1.0
         return obs, info
+
+
+def _own_tasks(*, init, tasks: tuple, **kwargs) -> gym.Env:
+    """Build through `init` with a task list of the env's own: Meta-World's task-select wrapper
+    shuffles its list in place, so envs built from one thunk in one process (an in-process env
+    restart, a test) would otherwise share and reshuffle one list and see other task orders."""
+    return init(tasks=list(tasks), **kwargs)
 
 
 def _init_recurrent_env(**kwargs) -> gym.Env:
