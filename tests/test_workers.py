@@ -49,7 +49,8 @@ def _assert_batches_equal(a, b):
             assert (x is None) == (y is None), field
             if x is not None:
                 assert torch.equal(x, y), f"{field}: max diff {(x - y).abs().max()}"
-    timing = ("collect_time", "worker_wait_share", "worker_busy_seconds", "worker_env_seconds")
+    timing = ("collect_time", "phase_time", "worker_wait_share", "worker_busy_seconds",
+              "worker_env_seconds")
     assert set(a.stats) == set(b.stats)
     for key in set(a.stats) - set(timing):  # scalars and per-slot arrays alike
         assert np.array_equal(a.stats[key], b.stats[key]), key
@@ -129,6 +130,32 @@ def test_per_slot_actions_by_batched_matmuls_equal_the_vmapped_functional_forwar
     assert batched_sequential(torch.nn.GRU(3, 3), params, "", obs) is None  # -> vmap route
 
 
+@pytest.mark.parametrize("model", ["mlp", "seed_mlp", "mlp_relu_clipped"])
+@pytest.mark.parametrize("per_slot", [False, True])
+def test_numpy_step_policy_matches_the_torch_act(model, per_slot):
+    """The collectors act through `Sampler.bind`: for a plain-MLP GaussianActor a numpy forward
+    (sampling.numpy_actor), which must give torch's actions, raw actions and log-probs."""
+    from metarl_lightning.algorithms.sampling import Sampler, numpy_actor
+
+    extra = (["model=mlp", "model.activation=relu", "model.squash=false"]
+             if model == "mlp_relu_clipped" else [f"model={model}"])
+    cfg = compose_cfg(["benchmark=ml1", "benchmark.env_name=reach-v3", *extra])
+    actor = build_module(cfg, benchmark_info(cfg)).policy.actor
+    torch.manual_seed(0)
+    params = ({k: v.detach() + 0.3 * torch.randn(5, *v.shape)
+               for k, v in actor.named_parameters()} if per_slot else None)
+    obs = np.random.default_rng(0).normal(size=(5, actor.net[0].in_features))  # float64, as envs
+    noise = draw_noise(slot_generators(2, list(range(5))), 4).numpy()[:, 0]
+    assert numpy_actor(actor, params) is not None
+    got = actor_sampler(actor).bind(params)(obs, noise, None)
+    ref = Sampler.bind(actor_sampler(actor), params)(obs, noise, None)  # the torch act
+    for x, y in zip(got[:3], ref[:3], strict=True):
+        assert x.dtype == np.float32 and x.shape == y.shape
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
+    if model == "mlp_relu_clipped":
+        assert (np.abs(got[0]) <= 1).all() and (np.abs(got[1]) > 1).any()  # clipped, not squashed
+
+
 def actor_sampler(actor):
     from metarl_lightning.algorithms.sampling import ActorSampler
 
@@ -198,3 +225,32 @@ def test_a_hung_worker_is_an_env_fault_after_the_timeout(tiny_cfg):
     finally:
         dm.teardown()
     assert not any(os.path.exists(f"/proc/{p}") for p in pids)  # killed and reaped
+
+
+@pytest.mark.parametrize("env_name", ["door-open-v3", "peg-insert-side-v3"])
+def test_retask_resets_once_to_the_state_of_sample_tasks_then_reset(env_name):
+    """The rollout workers re-task with one reset through the whole wrapper stack; the vector
+    path (SyncVectorEnv's way) calls sample_tasks(), which resets below the outer wrappers, then
+    reset(). Both must leave the env in the same state: same obs, rewards and successes after,
+    across a task change (these classes move bodies in reset_model) and an episode end."""
+    from metarl_lightning.data.workers import retask
+
+    cfg = compose_cfg(["benchmark=ml1", f"benchmark.env_name={env_name}",
+                       "benchmark.max_episode_steps=30"])
+    info = benchmark_info(cfg)
+    fns = info.env_fns(split="train", meta_batch_size=10, benchmark_seed=1, env_seed=1,
+                       terminate_on_success=False, task_select="pseudorandom")
+    stock, ours = fns[0](), fns[0]()  # one thunk, two envs: each must own its task list
+    actions = np.random.default_rng(0).uniform(-1, 1, (45, 4)).astype(np.float32)
+    for _ in range(3):  # trials
+        stock.get_wrapper_attr("sample_tasks")()
+        first = [stock.reset()[0], retask(ours)]
+        np.testing.assert_array_equal(first[0], first[1])
+        for a in actions:  # one full episode (same-step reset at its end), part of a second
+            out = [stock.step(a), ours.step(a)]
+            for x, y in zip(out[0][:4], out[1][:4], strict=True):
+                np.testing.assert_array_equal(x, y)
+            assert out[0][4]["success"] == out[1][4]["success"]
+            if out[0][3]:
+                np.testing.assert_array_equal(stock.reset()[0], ours.reset()[0])
+        assert not ours.get_wrapper_attr("sample_tasks_on_reset")  # toggled back off

@@ -192,7 +192,7 @@ class MetaRLModule(L.LightningModule):
         for k in ("return_pre", "return_post", "success_pre", "success_post"):
             log[f"train/{k}"] = batch.stats[k]
         for k in ("worker_wait_share",  # the fastest rollout worker's wait for the slowest
-                  "worker_busy_seconds", "worker_env_seconds"):
+                  "worker_busy_seconds", "worker_env_seconds", "phase_time"):
             if k in batch.stats:
                 log[f"perf/{k}"] = batch.stats[k]
         log["perf/env_steps_per_s"] = steps / max(iter_time, 1e-9)

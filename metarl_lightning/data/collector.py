@@ -57,7 +57,9 @@ class RolloutCollector:
         start = time.perf_counter()
         T, K, H = self.num_tasks, self.episodes, self.horizon
         sampler = learner.sampler()
+        clock = time.perf_counter()
         support = self.stepper.run(sampler, None, self.generators, True, H)
+        phase_time = time.perf_counter() - clock
         waits, cpu = [getattr(self.stepper, "last_wait_share", 0.0)], [self._worker_seconds()]
         ret_pre = support.rewards.reshape(T, K, H).sum(-1)  # (T, K)
         succ_pre = support_success = self.stepper.success.reshape(T, K, H).amax(-1)
@@ -65,7 +67,9 @@ class RolloutCollector:
         if learner.inner_loop:
             # adapt_for_sampling computes the support advantages it needs itself
             adapted = learner.adapt_for_sampling(learner.sampling_params(T), support)
+            clock = time.perf_counter()
             query = self.stepper.run(sampler, adapted, self.generators, False, H)
+            phase_time += time.perf_counter() - clock
             waits.append(getattr(self.stepper, "last_wait_share", 0.0))
             cpu.append(self._worker_seconds())
             ret_post = query.rewards.reshape(T, K, H).sum(-1)
@@ -81,6 +85,8 @@ class RolloutCollector:
             "success_pre": float(succ_pre.mean()), "success_post": float(succ_post.mean()),
             "env_steps": float(phases * T * K * H), "collect_time": time.perf_counter() - start,
             "worker_wait_share": float(np.mean(waits)),
+            # wall seconds of the rollout phases alone (collect_time less the adaptation between)
+            "phase_time": phase_time,
             # rollout workers' CPU seconds this iteration, summed over workers and phases: busy,
             # and inside env.step (benchmarks/throughput.py splits an iteration with them)
             "worker_busy_seconds": float(sum(b for b, _ in cpu)),
@@ -154,27 +160,21 @@ class VectorStepper:
             envs.call("sample_tasks")
             self.obs, _ = envs.reset()
             self.states = [sampler.initial_state(len(g)) for g in self.groups]
-        device = next(sampler.module.parameters()).device
         N = self.num_steps
         obs_dim, act_dim = self.obs.shape[-1], int(np.prod(envs.single_action_space.shape))
         buf = {k: np.zeros((T, N, obs_dim) if k in ("obs", "next_obs") else
                            (T, N, act_dim) if k == "raw_actions" else (T, N), np.float32)
                for k in FIELDS}
         obs = self.obs
-        # each group's noise for the whole phase, as the workers draw it
-        noise = [draw_noise([generators[s] for s in g], act_dim, N).to(device)
-                 for g in self.groups]
-        group_params = [None if params is None else {k: v[g] for k, v in params.items()}
-                        for g in self.groups]
+        # each group's noise for the whole phase and its policy, as the workers have them
+        noise = [draw_noise([generators[s] for s in g], act_dim, N).numpy() for g in self.groups]
+        policies = [sampler.bind(None if params is None else {k: v[g] for k, v in params.items()})
+                    for g in self.groups]
         for t in range(N):
             actions = np.empty((T, act_dim), np.float32)
             for j, g in enumerate(self.groups):
-                obs_g = torch.as_tensor(obs[g], dtype=torch.float32)[:, None].to(device)
-                action, raw, logp, self.states[j] = sampler.act(
-                    group_params[j], obs_g, self.states[j], noise[j][:, t:t + 1])
-                actions[g] = action[:, 0].cpu().numpy()
-                buf["raw_actions"][g, t] = raw[:, 0].cpu().numpy()
-                buf["log_probs"][g, t] = logp[:, 0].cpu().numpy()
+                actions[g], buf["raw_actions"][g, t], buf["log_probs"][g, t], self.states[j] = (
+                    policies[j](obs[g], noise[j][:, t], self.states[j]))
             next_obs, rew, term, trunc, infos = envs.step(actions)
             done = np.logical_or(term, trunc)
             buf["obs"][:, t], buf["rewards"][:, t] = obs, rew

@@ -35,6 +35,8 @@ import numpy as np
 from metarl_lightning.envs.vector import _BLAS_VARS, child_env, collect_replies, serve
 from metarl_lightning.errors import EnvFault
 
+ROLLOUT = ("obs", "next_obs", "raw_actions", "log_probs", "rewards", "terminated", "dones",
+           "success")  # the per-phase arrays a worker writes (its slots' rows)
 GEN_BYTES = 5056  # torch CPU generator state (algorithms/sampling.GENERATOR_STATE_BYTES)
 
 
@@ -84,6 +86,7 @@ class _SlotWorker:
         self.shm = SharedMemory(name=shm_name)
         self.a = views(self.shm.buf, spec)
         self.obs: np.ndarray | None = None
+        self.pending_reset: list[int] = []  # envs whose episode ended with the last phase
         self.state = None
 
     def info(self):
@@ -95,50 +98,57 @@ class _SlotWorker:
         from metarl_lightning.algorithms.sampling import draw_noise
 
         start = time.perf_counter()
-        if new_trial:  # re-task, as SyncVectorEnv's call("sample_tasks") + reset()
-            for env in self.envs:
-                env.get_wrapper_attr("sample_tasks")()
-            self.obs = np.stack([env.reset(seed=None, options=None)[0] for env in self.envs])
+        if new_trial:  # re-task: the next goal and one reset (an ended episode's included)
+            self.obs = np.stack([retask(env) for env in self.envs])
+            self.pending_reset = []
             self.state = self.sampler.initial_state(len(idx))
+        elif self.pending_reset:  # the last phase ended its episodes: start the next ones
+            for i in self.pending_reset:
+                self.obs[i] = self.envs[i].reset()[0]
+            self.pending_reset = []
         if per_slot:
             params = self.sampler.unflatten(torch.from_numpy(a["params"][idx]))
         else:
             self.sampler.load_flat(torch.from_numpy(a["params"][0].copy()))
             params = None
+        policy = self.sampler.bind(params)
         gens = [torch.Generator() for _ in idx]
         for g, s in zip(gens, idx, strict=True):
             g.set_state(torch.from_numpy(a["gen_states"][s].copy()))
-        act_dim = a["raw_actions"].shape[-1]
-        steps = a["obs"].shape[1]
-        noise = draw_noise(gens, act_dim, steps)  # (k, steps, act): the phase's noise
+        k, steps, act_dim = len(idx), a["obs"].shape[1], a["raw_actions"].shape[-1]
+        noise = draw_noise(gens, act_dim, steps).numpy()  # (k, steps, act): the phase's noise
+        # the phase in local arrays (plain indexing per step), copied out once at the end
+        out = {name: np.empty((k, *a[name].shape[1:]), a[name].dtype) for name in ROLLOUT}
+        obs_buf, next_buf, raw_buf, logp_buf = (out[n] for n in ROLLOUT[:4])
+        rew_buf, term_buf, done_buf, succ_buf = (out[n] for n in ROLLOUT[4:])
         obs, state, env_seconds = self.obs, self.state, 0.0
+        progress, clock = a["progress"], time.perf_counter
         for t in range(steps):
-            obs_t = torch.as_tensor(obs, dtype=torch.float32)[:, None]  # (k, 1, obs)
-            action, raw, logp, state = self.sampler.act(params, obs_t, state,
-                                                        noise[:, t:t + 1])
-            actions = action[:, 0].numpy()
-            a["obs"][idx, t] = obs
-            a["raw_actions"][idx, t] = raw[:, 0].numpy()
-            a["log_probs"][idx, t] = logp[:, 0].numpy()
+            actions, raw, logp, state = policy(obs, noise[:, t], state)
+            obs_buf[:, t], raw_buf[:, t], logp_buf[:, t] = obs, raw, logp
             nxt = np.empty_like(obs)
             for i, env in enumerate(self.envs):
-                t_env = time.perf_counter()
+                t_env = clock()
                 o, r, term, trunc, info = env.step(actions[i])
-                env_seconds += time.perf_counter() - t_env
-                s = idx[i]
+                env_seconds += clock() - t_env
                 done = term or trunc
-                a["rewards"][s, t], a["terminated"][s, t], a["dones"][s, t] = r, term, done
-                a["next_obs"][s, t] = o  # the true next obs (the final obs at an episode end)
-                a["success"][s, t] = info.get("success", 0.0)
+                rew_buf[i, t], term_buf[i, t], done_buf[i, t] = r, term, done
+                next_buf[i, t] = o  # the true next obs (the final obs at an episode end)
+                succ_buf[i, t] = info.get("success", 0.0)
                 if done:
                     if (t + 1) % horizon:
                         raise RuntimeError(
-                            f"episode ended at step {t + 1} of {horizon} for slot {s}; training "
-                            "envs must run full episodes (terminate_on_success=False)")
-                    o, _ = env.reset()  # same-step autoreset, as SyncVectorEnv(SAME_STEP)
+                            f"episode ended at step {t + 1} of {horizon} for slot {idx[i]}; "
+                            "training envs must run full episodes (terminate_on_success=False)")
+                    if t + 1 < steps:
+                        o, _ = env.reset()  # same-step autoreset, as SyncVectorEnv(SAME_STEP)
+                    else:  # reset when the next phase starts, unless it re-tasks (resets) anyway
+                        self.pending_reset.append(i)
                 nxt[i] = o
             obs = nxt
-            a["progress"][self.w] += 1
+            progress[self.w] += 1
+        for name in ROLLOUT:
+            a[name][idx] = out[name]
         self.obs, self.state = obs, state
         for g, s in zip(gens, idx, strict=True):
             a["gen_states"][s] = g.get_state().numpy()
@@ -160,6 +170,20 @@ class _SlotWorker:
         self.shm.close()
         for env in self.envs:
             env.close()
+
+
+def retask(env) -> np.ndarray:
+    """Move a Meta-World env to its next goal and reset it once through the whole wrapper stack;
+    the reset obs. `SyncVectorEnv`'s way, `call("sample_tasks")` then `reset()`, resets twice
+    (sample_tasks resets below the outer wrappers) to the same state (tests/test_workers.py
+    compares the two paths); a reset costs 10-20 ms (the hand is settled over 2 x 250 `mj_step`s),
+    ~5% of a 500-step episode."""
+    toggle = env.get_wrapper_attr("toggle_sample_tasks_on_reset")
+    toggle(True)
+    try:
+        return env.reset()[0]
+    finally:
+        toggle(False)
 
 
 def task_names(envs: Sequence) -> list | None:
