@@ -107,7 +107,8 @@ class MetaWorldDataModule(L.LightningDataModule):
                            else default_num_workers())
         classes = self.info.train_classes
         ids = mw.task_ids(self.info, self.meta_batch_size, "train")
-        groups = assign_slots(slot_costs([classes[ids[g]] for g in slots]), num_workers)
+        groups = assign_slots(slot_costs([classes[ids[g]] for g in slots], self.info.fast_step),
+                              num_workers)
         steps = self.episodes_per_task * self.info.max_episode_steps
         self.rank, self.world_size = rank, world
         # Off-policy learners (MT-SAC) step a vector env one step at a time into their replay
