@@ -1,8 +1,10 @@
-"""End-to-end throughput on this machine, in one run: `make_vec` sync, the no-communication limit
-(N processes each stepping their share of the same MT10 envs, random actions, no IPC), training
-env-steps/s (collection + adaptation + update, marginal rate after warm-up, meta-test callback
-off) on MT10 and ML10 with their ratios to both, the rollout workers' wait share, the
-meta-update's share of an iteration, and peak RSS of all processes (MT50 with --mt50).
+"""End-to-end throughput on this machine, in one run: `make_vec` sync, for MT10 and for ML10 the
+no-communication limit (N processes each stepping their share of the envs that benchmark trains
+on, random actions, no IPC), training env-steps/s (collection + adaptation + update, marginal
+rate after warm-up, meta-test callback off) with its ratios to both, the rollout phases' own
+rate, the learner's share of an iteration and the bound it sets (phases at the limit), the
+rollout workers' wait share, the meta-update's share, and peak RSS of all processes (MT50 with
+--mt50).
 
     python benchmarks/throughput.py [--seconds 8] [--iterations 7] [--mt50] [--repeats 3]
                                     [--eval [--eval-rounds 10]]
@@ -96,6 +98,11 @@ def train_run(benchmark: str, iterations: int, extra: list[str]) -> dict:
             else float("nan"),
             "iteration_s": mean("perf/iteration_time"), "peak_rss_mb": rss.peak, "wall_s": wall,
             "iterations": len(rows) - 1,
+            # the rollout phases alone (no learner in between): their env-steps/s, and the
+            # learner's share of the iteration (adaptation, GAE, meta-update, logging)
+            "phase_sps": steps / sum(float(r["perf/phase_time"]) for r in rows[1:]),
+            "learner_share": 1 - sum(float(r["perf/phase_time"]) for r in rows[1:]) / seconds,
+            "steps": steps, "seconds": seconds,
             # the iterations' machine time (usable CPUs x wall): inside env.step in the rollout
             # workers, the rest of the workers' busy time (policy forward, noise, bookkeeping),
             # and the workers' idle time (the learner's adaptation, GAE, meta-update; waits)
@@ -126,7 +133,7 @@ def _no_ipc_worker(fns, seconds: float, start, out) -> None:
     out.put(steps)
 
 
-def no_ipc_limit(fns: list, num_workers: int, seconds: float, classes: list[str]) -> float:
+def no_ipc_limit(fns: list, classes: list[str], num_workers: int, seconds: float) -> float:
     """N processes, each stepping its share (our cost-balanced one) of the envs with no
     communication at all: the machine's ceiling for these envs."""
     ctx = mp.get_context("spawn")
@@ -144,11 +151,14 @@ def no_ipc_limit(fns: list, num_workers: int, seconds: float, classes: list[str]
     return total / seconds
 
 
-def mt10_fns() -> tuple[list, list[str]]:
-    info = mw.describe("MT10", None, True)
-    fns = info.env_fns(split="train", meta_batch_size=10, benchmark_seed=1, env_seed=1,
+def train_fns(name: str) -> tuple[list, list[str]]:
+    """The training envs of MT10 (one per class) or ML10 (its meta-batch of 20, as trained)."""
+    info = mw.describe(name, None, name.startswith("MT"))
+    size = 10 if name == "MT10" else 20
+    fns = info.env_fns(split="train", meta_batch_size=size, benchmark_seed=1, env_seed=1,
                        terminate_on_success=False)
-    return fns, list(info.train_classes)
+    ids = mw.task_ids(info, size, "train")
+    return fns, [info.train_classes[i] for i in ids]
 
 
 def eval_run(rounds: int, info_keys, fast_step: bool = True) -> float:
@@ -177,17 +187,27 @@ def once(args) -> dict:
         res["sync"] = measure(envs, args.seconds, 1.0, 1)
     finally:
         envs.close()
-    fns, classes = mt10_fns()
-    res["limit"] = no_ipc_limit(fns, cpus, args.seconds, classes)
     print(f"{'make_vec sync (random actions)':<44s} {res['sync']:>8,.0f} env-steps/s", flush=True)
-    print(f"{'no-IPC limit, ' + str(cpus) + ' processes (random actions)':<44s} "
-          f"{res['limit']:>8,.0f} env-steps/s", flush=True)
     for bench in ("mt10", "ml10"):
+        # the limit for the envs this benchmark trains on
+        limit = res[f"limit_{bench}"] = no_ipc_limit(*train_fns(bench.upper()), cpus, args.seconds)
+        print(f"{bench.upper() + ' no-IPC limit, ' + str(cpus) + ' processes (random actions)':<44s}"
+              f" {limit:>8,.0f} env-steps/s", flush=True)
+        res["limit"] = limit
         r = res[bench] = train_run(bench, args.iterations, args.overrides)
+        r["limit"] = limit
         print(f"{'training ' + bench.upper() + ' end to end':<44s} {r['sps']:>8,.0f} env-steps/s "
               f"({r['iterations']} iterations of {r['iteration_s']:.1f} s)")
         print(f"{'  / no-IPC limit, / make_vec sync':<44s} {r['sps'] / res['limit']:>8.2f}x"
               f" {r['sps'] / res['sync']:>6.2f}x   (target >= 0.85x of the limit)")
+        print(f"{'  rollout phases alone / no-IPC limit':<44s} "
+              f"{r['phase_sps'] / res['limit']:>8.2f}x   ({r['phase_sps']:,.0f} env-steps/s)")
+        print(f"{'  learner share of an iteration':<44s} {r['learner_share']:>8.1%}"
+              "   (no env steps: adaptation, GAE, meta-update, logging)")
+        # if the phases stepped at the limit and the learner took as long as it did
+        at_limit = r["steps"] / res["limit"] + r["learner_share"] * r["seconds"]
+        r["bound"] = r["steps"] / at_limit / res["limit"]
+        print(f"{'  bound: phases at the limit, same learner':<44s} {r['bound']:>8.2f}x")
         print(f"{'  rollout workers wait share':<44s} {r['wait_share']:>8.1%}")
         print(f"{'  meta-update share of an iteration':<44s} {r['update_share']:>8.1%}"
               "   (target <= 10%)")
@@ -243,8 +263,11 @@ def main() -> None:
     if args.repeats > 1:
         print(f"--- range over {args.repeats} runs (min - max)")
         for b in ("mt10", "ml10"):
-            for what, f in (("/ no-IPC limit", lambda r, b=b: r[b]["sps"] / r["limit"]),
-                            ("/ make_vec sync", lambda r, b=b: r[b]["sps"] / r["sync"])):
+            for what, f in (("/ no-IPC limit", lambda r, b=b: r[b]["sps"] / r[b]["limit"]),
+                            ("/ make_vec sync", lambda r, b=b: r[b]["sps"] / r["sync"]),
+                            ("phases alone / limit",
+                             lambda r, b=b: r[b]["phase_sps"] / r[b]["limit"]),
+                            ("bound (phases at the limit)", lambda r, b=b: r[b]["bound"])):
                 v = [f(r) for r in runs]
                 print(f"{'training ' + b.upper() + ' ' + what:<44s} {min(v):.2f}x - {max(v):.2f}x")
 
