@@ -214,7 +214,9 @@ class Sampler:
 
 
 class ActorSampler(Sampler):
-    """Feed-forward `GaussianActor` (MAML-PPO, MT-PPO); per-slot parameters through vmap."""
+    """Feed-forward `GaussianActor` (MAML-PPO, MT-PPO). The collectors act through `bind`: in
+    numpy for a plain MLP actor, else `act` (per-slot parameters through batched matmuls or
+    vmap)."""
 
     def bind(self, params: Params | None) -> StepFn:
         return numpy_actor(self.module, params) or super().bind(params)

@@ -2,9 +2,9 @@
 
 Meta-World classes differ in step cost (mujoco contacts: the stick/assembly/push classes are
 slow, the button classes fast; ~2.6x for the fast classes, ~5x for the stock ones), and a phase
-lasts as long as its slowest worker, so the
-slots are spread with the longest-processing-time-first rule (Graham 1969: within 4/3 of the
-optimal makespan): the costliest slot goes to the least loaded worker, repeatedly.
+lasts as long as its slowest worker, so the slots are spread with the
+longest-processing-time-first rule (Graham 1969: within 4/3 of the optimal makespan): the
+costliest slot goes to the least loaded worker, repeatedly.
 """
 
 from __future__ import annotations

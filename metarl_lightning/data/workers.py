@@ -32,11 +32,10 @@ from typing import Any
 
 import numpy as np
 
+from metarl_lightning.data.collector import FIELDS as ROLLOUT  # the arrays a phase writes
 from metarl_lightning.envs.vector import _BLAS_VARS, child_env, collect_replies, serve
 from metarl_lightning.errors import EnvFault
 
-ROLLOUT = ("obs", "next_obs", "raw_actions", "log_probs", "rewards", "terminated", "dones",
-           "success")  # the per-phase arrays a worker writes (its slots' rows)
 GEN_BYTES = 5056  # torch CPU generator state (algorithms/sampling.GENERATOR_STATE_BYTES)
 
 
