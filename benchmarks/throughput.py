@@ -92,6 +92,7 @@ def train_run(benchmark: str, iterations: int, extra: list[str]) -> dict:
     mean = lambda k: sum(float(r[k]) for r in rows) / len(rows)
     steps = float(rows[-1]["train/env_steps"]) - float(rows[0]["train/env_steps"])
     seconds = sum(float(r["perf/iteration_time"]) for r in rows[1:])
+    phase_seconds = sum(float(r["perf/phase_time"]) for r in rows[1:])
     return {"sps": steps / seconds,  # marginal: the env steps of iterations 2.. over their time
             "update_share": mean("perf/update_share"),
             "wait_share": mean("perf/worker_wait_share") if "perf/worker_wait_share" in rows[0]
@@ -100,8 +101,7 @@ def train_run(benchmark: str, iterations: int, extra: list[str]) -> dict:
             "iterations": len(rows) - 1,
             # the rollout phases alone (no learner in between): their env-steps/s, and the
             # learner's share of the iteration (adaptation, GAE, meta-update, logging)
-            "phase_sps": steps / sum(float(r["perf/phase_time"]) for r in rows[1:]),
-            "learner_share": 1 - sum(float(r["perf/phase_time"]) for r in rows[1:]) / seconds,
+            "phase_sps": steps / phase_seconds, "learner_share": 1 - phase_seconds / seconds,
             "steps": steps, "seconds": seconds,
             # the iterations' machine time (usable CPUs x wall): inside env.step in the rollout
             # workers, the rest of the workers' busy time (policy forward, noise, bookkeeping),
@@ -191,30 +191,28 @@ def once(args) -> dict:
         try:
             if bench.startswith("ml"):
                 envs.call("sample_tasks")  # ML envs have no task until they draw one
-            sync = res[f"sync_{bench}"] = measure(envs, args.seconds, 1.0, 1)
+            sync = measure(envs, args.seconds, 1.0, 1)
         finally:
             envs.close()
         print(f"{bench.upper() + ' make_vec sync (random actions)':<44s} {sync:>8,.0f} env-steps/s",
               flush=True)
-        res["sync"] = sync
         # the limit for the envs this benchmark trains on
-        limit = res[f"limit_{bench}"] = no_ipc_limit(*train_fns(bench.upper()), cpus, args.seconds)
+        limit = no_ipc_limit(*train_fns(bench.upper()), cpus, args.seconds)
         print(f"{bench.upper() + ' no-IPC limit, ' + str(cpus) + ' processes (random actions)':<44s}"
               f" {limit:>8,.0f} env-steps/s", flush=True)
-        res["limit"] = limit
         r = res[bench] = train_run(bench, args.iterations, args.overrides)
         r["limit"], r["sync"] = limit, sync
         print(f"{'training ' + bench.upper() + ' end to end':<44s} {r['sps']:>8,.0f} env-steps/s "
               f"({r['iterations']} iterations of {r['iteration_s']:.1f} s)")
-        print(f"{'  / no-IPC limit, / make_vec sync':<44s} {r['sps'] / res['limit']:>8.2f}x"
-              f" {r['sps'] / res['sync']:>6.2f}x   (target >= 0.85x of the limit)")
+        print(f"{'  / no-IPC limit, / make_vec sync':<44s} {r['sps'] / limit:>8.2f}x"
+              f" {r['sps'] / sync:>6.2f}x   (target >= 0.85x of the limit)")
         print(f"{'  rollout phases alone / no-IPC limit':<44s} "
-              f"{r['phase_sps'] / res['limit']:>8.2f}x   ({r['phase_sps']:,.0f} env-steps/s)")
+              f"{r['phase_sps'] / limit:>8.2f}x   ({r['phase_sps']:,.0f} env-steps/s)")
         print(f"{'  learner share of an iteration':<44s} {r['learner_share']:>8.1%}"
               "   (no env steps: adaptation, GAE, meta-update, logging)")
         # if the phases stepped at the limit and the learner took as long as it did
-        at_limit = r["steps"] / res["limit"] + r["learner_share"] * r["seconds"]
-        r["bound"] = r["steps"] / at_limit / res["limit"]
+        at_limit = r["steps"] / limit + r["learner_share"] * r["seconds"]
+        r["bound"] = r["steps"] / at_limit / limit
         print(f"{'  bound: phases at the limit, same learner':<44s} {r['bound']:>8.2f}x")
         print(f"{'  rollout workers wait share':<44s} {r['wait_share']:>8.1%}")
         print(f"{'  meta-update share of an iteration':<44s} {r['update_share']:>8.1%}"
