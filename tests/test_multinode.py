@@ -6,6 +6,7 @@ module's `ddp_run`."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import signal
@@ -54,8 +55,16 @@ def _start_nodes(out: Path, overrides: list[str]) -> list[subprocess.Popen]:
          f"--node-rank={node}", "--master-addr=127.0.0.1", f"--master-port={port}",
          str(ROOT / "train.py"), *overrides, "trainer=ddp_cpu", "trainer.devices=1",
          "trainer.num_nodes=2", f"hydra.run.dir={out}"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True)  # one process group per node: torchrun, its rank, env workers
         for node in (0, 1)]
+
+
+def _kill_nodes(nodes: list[subprocess.Popen]) -> None:
+    """SIGKILL what is left of each node's process group (a hung rank outlives its torchrun)."""
+    for node in nodes:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(node.pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +72,10 @@ def ddp_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("two_nodes")
     nodes = _start_nodes(out, [*TINY, "+callbacks.rank_probe._target_=tests.test_ddp.RankProbe",
                                f"+callbacks.rank_probe.path={out}"])
-    logs = [node.communicate(timeout=900)[0] for node in nodes]
+    try:
+        logs = [node.communicate(timeout=900)[0] for node in nodes]
+    finally:
+        _kill_nodes(nodes)
     for node, log in zip(nodes, logs):
         assert node.returncode == 0, log[-3000:]
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in logs[1] and "distributed_backend=gloo" in logs[0]
@@ -99,8 +111,7 @@ def test_sigterm_to_one_rank_stops_both_after_the_same_iteration(tmp_path):
         os.kill(_rank_process(nodes[1].pid), signal.SIGTERM)
         logs = [node.communicate(timeout=180)[0] for node in nodes]
     finally:
-        for node in nodes:
-            node.kill()
+        _kill_nodes(nodes)
     assert "Received SIGTERM" in logs[1] and "Received SIGTERM" not in logs[0]
     ckpt_path = tmp_path / "checkpoints" / "last.ckpt"
     assert f"resume with ckpt_path={ckpt_path}" in logs[0], logs[0][-3000:]
