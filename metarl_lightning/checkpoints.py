@@ -95,6 +95,10 @@ def load_run(ckpt_path: str, benchmark_overrides: dict | None = None):
         raise ConfigError(f"checkpoint {ckpt_path!r} has no run_config; it was not written by "
                           "train.py")
     cfg = OmegaConf.create(cfg)
+    # Keys added after runs were published (results/ holds their checkpoints), with the value
+    # that reproduces what those runs did: not a default (new runs take theirs from conf/).
+    if "ent_coef" in cfg.algorithm and "entropy_bonus" not in cfg.algorithm:  # PPO methods
+        cfg.algorithm.entropy_bonus = "gaussian"
     for key, value in (benchmark_overrides or {}).items():
         cfg.benchmark[key] = value
     module = build_module(cfg, benchmark_info(cfg))

@@ -63,6 +63,7 @@ class PPOKeys:
     clip: float = MISSING
     vf_coef: float = MISSING
     ent_coef: float = MISSING
+    entropy_bonus: str = MISSING
     max_grad_norm: float = MISSING
     gamma: float = MISSING
     gae_lambda: float = MISSING

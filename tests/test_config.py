@@ -53,6 +53,7 @@ BAD_INPUT = [
     (["debug=fdrr"], "unknown debug 'fdrr'; choose one of: default, fdr, profiler"),
     (["benchmark.env_name=reach-v9"], "needs benchmark.env_name set to a Meta-World v3 task"),
     (["trainer.max_steps=0"], "trainer.max_steps must be > 0"),
+    (["algorithm.entropy_bonus=sqashed"], "set e.g. algorithm.entropy_bonus=squashed"),
     (["ckpt_path=/no/such.ckpt"], "ckpt_path '/no/such.ckpt' does not exist"),
 ]
 

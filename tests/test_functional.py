@@ -129,6 +129,50 @@ def test_gaussian_entropy_by_hand():
     assert D.gaussian_entropy(log_std).item() == pytest.approx(expected)
 
 
+@pytest.mark.parametrize("mean,std,scale", [(0.0, 1.0, 1.0), (2.5, 1.0, 1.0), (3.0, 0.5, 2.0),
+                                            (-1.0, 0.3, 1.0)])
+def test_squashed_entropy_matches_the_density_of_the_actions(mean, std, scale):
+    """The one-sample estimate, averaged over many samples, against -int p(a) log p(a) da on a
+    grid of the action a itself, with p(a) = N(atanh(a/c); m, s) / (c (1 - (a/c)^2))."""
+    a = torch.linspace(-scale, scale, 2_000_001, dtype=torch.float64)[1:-1]
+    u = torch.atanh(a / scale)
+    log_p = (-0.5 * ((u - mean) / std) ** 2 - math.log(std) - 0.5 * math.log(2 * math.pi)
+             - torch.log(scale * (1 - (a / scale) ** 2)))
+    p = torch.exp(log_p)
+    reference = -torch.trapezoid(torch.where(p > 0, p * log_p, 0.0), a).item()
+    n = 400_000
+    noise = torch.randn(n, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    est = D.squashed_entropy(torch.full((n, 1), mean, dtype=torch.float64),
+                             torch.full((n, 1), math.log(std), dtype=torch.float64),
+                             torch.tensor([scale], dtype=torch.float64), noise)
+    assert est.mean().item() == pytest.approx(reference, abs=0.01)
+    if mean == 2.5:  # saturated: far below the pre-squash Gaussian's entropy (1.42)
+        assert reference < D.gaussian_entropy(torch.tensor([0.0])).item() - 1.0
+
+
+def test_squashed_entropy_bonus_pulls_saturated_means_back():
+    """Its gradient moves a mean deep in tanh's flat region toward 0 and, for such a mean,
+    lowers a large std; the Gaussian bonus does neither (no mean gradient, std always up)."""
+    torch.manual_seed(0)
+    mean = torch.tensor([[3.0, -3.0]]).repeat(20_000, 1).requires_grad_()
+    log_std = torch.zeros(2, requires_grad=True)
+    one = torch.ones(2)
+    F.entropy_bonus("squashed", mean, log_std, one, squash_actions=True).backward()
+    grad_mean = mean.grad.sum(0)
+    assert grad_mean[0] < 0 < grad_mean[1]  # ascent moves +3 down and -3 up
+    log_std_big = torch.full((2,), 1.0, requires_grad=True)
+    F.entropy_bonus("squashed", mean.detach(), log_std_big, one, True).backward()
+    assert (log_std_big.grad < 0).all()  # std e^1 at mean 3: more std = more saturation
+    mean.grad = None
+    log_std_g = torch.zeros(2, requires_grad=True)
+    F.entropy_bonus("gaussian", mean, log_std_g, one, True).backward()
+    assert mean.grad is None or (mean.grad == 0).all()
+    assert (log_std_g.grad > 0).all()
+    # clipped (unsquashed) actions: the Gaussian's, whatever the kind
+    assert F.entropy_bonus("squashed", mean, log_std_g, one, False).item() == pytest.approx(
+        D.gaussian_entropy(log_std_g).item())
+
+
 def test_saturation_counts_mean_actions_at_the_box_edge():
     mean = torch.tensor([[0.0, 3.0, -3.0, 1.0]])  # tanh: 0, 0.995, -0.995, 0.76
     ones, zeros = torch.ones(4), torch.zeros(4)

@@ -302,3 +302,18 @@ def test_maml_trains_with_clipped_gaussian_actions(tiny_cfg):
     assert torch.equal(mean_action, torch.ones_like(mean_action))  # clipped, not squashed
     action, raw, _, _ = module.act(module.sampling_params(1), obs)
     assert (raw > 1).any() and action.max() <= 1.0 and torch.equal(action[raw < 1], raw[raw < 1])
+
+
+@pytest.mark.parametrize("method", ["maml_ppo", "mt_ppo",  # rl2: mt_ppo's _ppo_epochs path
+                                    pytest.param("rl2_ppo", marks=pytest.mark.slow)])
+def test_squashed_entropy_bonus_trains(method, tmp_path):
+    """algorithm.entropy_bonus=squashed through each PPO method's update: the logged entropy is
+    the squashed actions' (below the pre-squash Gaussian's at init, 4 x 1.419) and finite."""
+    extra = {"maml_ppo": [], "mt_ppo": METHODS["mt_ppo"], "rl2_ppo": METHODS["rl2_ppo"]}[method]
+    base = TINY if method == "maml_ppo" else BASE
+    cfg = compose_cfg([*base, *extra, "algorithm.entropy_bonus=squashed", "trainer.max_steps=1",
+                       "callbacks.meta_eval.num_evals=0"], tmp_path)
+    metrics, _ = train(cfg)
+    for key in ("train/policy_loss", "train/entropy", "train/grad_norm"):
+        assert torch.isfinite(torch.tensor(metrics[key])), key
+    assert metrics["train/entropy"] < 4 * 1.4189 - 0.5  # tanh's log-Jacobian term is negative

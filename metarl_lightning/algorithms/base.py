@@ -23,7 +23,7 @@ import torch
 from metarl_lightning.algorithms import functional as F
 from metarl_lightning.algorithms.sampling import ActorSampler, Sampler
 from metarl_lightning.data.collector import single_threaded_torch
-from metarl_lightning.policies.distributions import gaussian_entropy, sample_action, to_action
+from metarl_lightning.policies.distributions import sample_action, to_action
 from metarl_lightning.runlog import per_task_success
 from metarl_lightning.types import ConfigError, MetaBatch, Params, Rollout, State
 
@@ -46,6 +46,10 @@ class MetaRLModule(L.LightningModule):
             if value is None or not value > 0:
                 raise ConfigError(f"algorithm.{key} must be > 0, got {value}; set e.g. "
                                   f"algorithm.{key}=<positive value>")
+        bonus = cfg.algorithm.get("entropy_bonus")  # the PPO methods' key
+        if bonus is not None and bonus not in F.ENTROPY_BONUSES:
+            raise ConfigError(f"algorithm.entropy_bonus must be one of {F.ENTROPY_BONUSES}, "
+                              f"got {bonus!r}; set e.g. algorithm.entropy_bonus=squashed")
 
     def __init__(self, optimizer: Callable[..., torch.optim.Optimizer],
                  scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None):
@@ -143,11 +147,10 @@ class MetaRLModule(L.LightningModule):
         for epoch in range(hp.update_epochs):
             batches = minibatches(n, hp.num_minibatches, self.device)
             for i, idx in enumerate(batches):
-                log_probs, old_log_probs, adv, values, returns, log_std = forward(idx)
+                log_probs, old_log_probs, adv, values, returns, entropy = forward(idx)
                 policy_loss, stats = F.ppo_clip_loss(log_probs, old_log_probs, F.normalize(adv),
                                                      hp.clip)
                 v_loss = F.value_loss(values, returns)
-                entropy = gaussian_entropy(log_std).mean()
                 loss = policy_loss + hp.vf_coef * v_loss - hp.ent_coef * entropy
                 last = epoch == hp.update_epochs - 1 and i == len(batches) - 1
                 grad_norm = self._update(opt, loss, last)

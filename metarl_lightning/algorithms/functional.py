@@ -11,7 +11,11 @@ from collections.abc import Callable
 import torch
 from torch.func import functional_call, grad, vmap
 
-from metarl_lightning.policies.distributions import action_log_prob
+from metarl_lightning.policies.distributions import (
+    action_log_prob,
+    gaussian_entropy,
+    squashed_entropy,
+)
 from metarl_lightning.types import Params
 
 
@@ -65,6 +69,22 @@ def ppo_clip_loss(log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantag
 
 def value_loss(values: torch.Tensor, returns: torch.Tensor) -> torch.Tensor:
     return 0.5 * (values - returns).pow(2).mean()
+
+
+ENTROPY_BONUSES = ("gaussian", "squashed")
+
+
+def entropy_bonus(kind: str, mean: torch.Tensor, log_std: torch.Tensor, scale: torch.Tensor,
+                  squash_actions: bool) -> torch.Tensor:
+    """The mean entropy a PPO loss rewards (`algorithm.entropy_bonus`). 'gaussian': the
+    pre-squash Gaussian's, in closed form (the usual bonus with a state-independent std; blind to
+    tanh saturation). 'squashed': the entropy of the actions the env receives, estimated at one
+    reparameterised sample per state (`squashed_entropy`); for clipped (unsquashed) actions it is
+    the Gaussian's. Draws from torch's global generator, whose state the checkpoints hold."""
+    if kind == "gaussian" or not squash_actions:
+        return gaussian_entropy(log_std).mean()
+    noise = torch.randn(mean.shape, dtype=mean.dtype, device=mean.device)
+    return squashed_entropy(mean, log_std.expand_as(mean), scale, noise).mean()
 
 
 def explained_variance(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

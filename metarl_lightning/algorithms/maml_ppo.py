@@ -44,6 +44,7 @@ class MAMLPPO(MetaRLModule):
         clip: float,
         vf_coef: float,
         ent_coef: float,
+        entropy_bonus: str,
         max_grad_norm: float,
         gamma: float,
         gae_lambda: float,
@@ -124,7 +125,7 @@ class MAMLPPO(MetaRLModule):
         q_adv = F.normalize(query.advantages, dim=-1)
         returns = torch.cat([support.returns, query.returns], 1)
         all_obs = torch.cat([support.obs, query.obs], 1)
-        hp = self.hparams
+        hp, actor = self.hparams, self.policy.actor
         metrics: dict[str, torch.Tensor] = {}
         for epoch in range(hp.outer_epochs):
             adapted = self.adapt(self.meta_params(), support, first_order=hp.first_order)
@@ -140,7 +141,12 @@ class MAMLPPO(MetaRLModule):
             policy_loss, stats = F.ppo_clip_loss(log_probs, query.log_probs, q_adv, hp.clip)
             values = self.policy.value(all_obs)
             v_loss = F.value_loss(values, returns)
-            entropy = gaussian_entropy(adapted["log_std"]).mean()
+            if hp.entropy_bonus == "gaussian":  # closed form: no forward pass needed
+                entropy = gaussian_entropy(adapted["log_std"]).mean()
+            else:  # of the adapted policies' squashed actions on the query states
+                mean, log_std = vmap(lambda p, o: F.actor_forward(actor, p, o))(adapted, query.obs)
+                entropy = F.entropy_bonus(hp.entropy_bonus, mean, log_std, actor.action_scale,
+                                          actor.squash)
             loss = policy_loss + hp.vf_coef * v_loss - hp.ent_coef * entropy
             grad_norm = self._update(opt, loss, last=epoch == hp.outer_epochs - 1)
             if grad_norm is None:  # non-finite: step skipped
@@ -150,8 +156,7 @@ class MAMLPPO(MetaRLModule):
                                grad_norm=grad_norm)
             metrics.update(approx_kl=stats["approx_kl"], clip_fraction=stats["clip_fraction"])
         with torch.no_grad():  # the meta-policy's mean actions on the query states
-            mean, _ = self.policy.actor(query.obs)
-            actor = self.policy.actor
+            mean, _ = actor(query.obs)
             metrics["mean_action_saturation"] = saturation(mean, actor.action_scale,
                                                            actor.action_bias, actor.squash)
         metrics.update(inner_loss=inner,

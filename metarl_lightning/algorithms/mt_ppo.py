@@ -37,6 +37,7 @@ class MTPPO(SharedPolicyActing, MetaRLModule):
         clip: float,
         vf_coef: float,
         ent_coef: float,
+        entropy_bonus: str,
         max_grad_norm: float,
         gamma: float,
         gae_lambda: float,
@@ -62,8 +63,10 @@ class MTPPO(SharedPolicyActing, MetaRLModule):
             mean, log_std = actor(obs)
             log_probs = action_log_prob(mean, log_std, flat["raw_actions"][idx],
                                         actor.action_scale, actor.squash)
+            entropy = F.entropy_bonus(self.hparams.entropy_bonus, mean, log_std,
+                                      actor.action_scale, actor.squash)
             return (log_probs, flat["log_probs"][idx], flat["advantages"][idx],
-                    self.policy.value(obs), flat["returns"][idx], log_std)
+                    self.policy.value(obs), flat["returns"][idx], entropy)
 
         metrics = self._ppo_epochs(self.optimizers(), flat["obs"].shape[0], forward)
         # Sampling-time values (returns - advantages) against the returns, as in CleanRL.

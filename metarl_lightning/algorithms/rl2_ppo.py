@@ -43,6 +43,7 @@ class RL2PPO(MetaRLModule):
         clip: float,
         vf_coef: float,
         ent_coef: float,
+        entropy_bonus: str,
         max_grad_norm: float,
         gamma: float,
         gae_lambda: float,
@@ -105,8 +106,10 @@ class RL2PPO(MetaRLModule):
             mean, log_std, values = self.unroll(trials.obs[idx])  # (B, N, ...)
             log_probs = action_log_prob(mean, log_std, trials.raw_actions[idx],
                                         self.policy.action_scale, self.policy.squash)
+            entropy = F.entropy_bonus(self.hparams.entropy_bonus, mean, log_std,
+                                      self.policy.action_scale, self.policy.squash)
             return (log_probs, trials.log_probs[idx], trials.advantages[idx], values,
-                    trials.returns[idx], log_std)
+                    trials.returns[idx], entropy)
 
         metrics = self._ppo_epochs(self.optimizers(), trials.obs.shape[0], forward)
         metrics["explained_variance"] = F.explained_variance(trials.returns - trials.advantages,

@@ -48,6 +48,18 @@ def gaussian_entropy(log_std: torch.Tensor) -> torch.Tensor:
     return (log_std + 0.5 * (1.0 + _LOG_2PI)).sum(-1)
 
 
+def squashed_entropy(mean: torch.Tensor, log_std: torch.Tensor, scale: torch.Tensor,
+                     noise: torch.Tensor) -> torch.Tensor:
+    """One-sample estimate of the entropy of the squashed action a = bias + scale * tanh(u),
+    u = mean + std * noise (reparameterised: the gradient reaches the mean and the std).
+    Change of variables: H(a) = H(u) + E[log |det da/du|]; H(u) in closed form, the Jacobian
+    term at the sample. Unlike `gaussian_entropy`, it falls without bound as the mean moves into
+    tanh's flat region (a near-deterministic action), so as a bonus it pulls saturated means back
+    and stops the std from growing only to be squashed away."""
+    u = mean + torch.exp(log_std) * noise
+    return gaussian_entropy(log_std) + log_det_tanh_jacobian(u, scale)
+
+
 def sample_tanh_gaussian(mean: torch.Tensor, log_std: torch.Tensor, scale: torch.Tensor,
                          bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(action in the box, raw pre-tanh sample u, log-prob of the action) for (..., act) inputs."""
