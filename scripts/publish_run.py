@@ -7,7 +7,9 @@ RUN_DIR is a train.py run dir whose `last.ckpt` was evaluated with
 (or pass `--eval path/to/eval.json`). What is copied is what a reader needs to check the row and
 re-evaluate it with one command, and nothing machine-specific:
 
-- `checkpoints/last.ckpt` (the evaluated checkpoint; never a selected one),
+- `checkpoints/last.ckpt` (the evaluated checkpoint; never a selected one), without an off-policy
+  run's replay buffer (`algorithm.checkpoint_buffer=true`: hundreds of MB, needed only to resume
+  exactly; the row's README says so),
 - `eval.json` (evaluate.py's report; its `ckpt_path` rewritten to the copied checkpoint, relative
   to the repository root),
 - `.hydra/config.yaml` and `.hydra/overrides.yaml` (the resolved config and the command line),
@@ -26,6 +28,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,6 +50,30 @@ def code_commit(code_dir: Path) -> str:
         return "unknown"
 
 
+def copy_checkpoint(src: Path, dst: Path) -> int:
+    """Copy src to dst, without an off-policy replay buffer; returns the buffer's bytes (0: a
+    byte-for-byte copy)."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    state = torch.load(src, map_location="cpu", weights_only=True)
+    replay = state.get("offpolicy", {}).pop("replay", None)
+    if replay is None:
+        shutil.copy2(src, dst)
+        return 0
+    torch.save(state, dst)
+    return sum(t.numel() * t.element_size() for t in _tensors(replay))
+
+
+def _tensors(obj):
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _tensors(v)
+    elif isinstance(obj, list | tuple):
+        for v in obj:
+            yield from _tensors(v)
+
+
 def publish(run_dir: Path, dest: Path, eval_json: Path | None = None, code_dir: Path | None = None,
             note: str = "") -> dict:
     run_dir = run_dir.resolve()
@@ -61,10 +88,13 @@ def publish(run_dir: Path, dest: Path, eval_json: Path | None = None, code_dir: 
         raise SystemExit(f"error: {eval_json} scored {report['ckpt_path']}, not {ckpt}; "
                          "evaluate last.ckpt, or pass --eval with its eval.json")
     dest.mkdir(parents=True, exist_ok=True)
-    for rel in ("checkpoints/last.ckpt", ".hydra/config.yaml", ".hydra/overrides.yaml",
-                "csv/metrics.csv"):
+    for rel in (".hydra/config.yaml", ".hydra/overrides.yaml", "csv/metrics.csv"):
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(run_dir / rel, dest / rel)
+    dropped = copy_checkpoint(ckpt, dest / "checkpoints" / "last.ckpt")
+    if dropped:
+        note = (f"The replay buffer ({dropped / 1e6:.0f} MB) is not in this checkpoint: it "
+                "evaluates as trained; resuming from it refills the buffer from empty.\n" + note)
     ckpt_rel = (dest / "checkpoints" / "last.ckpt").resolve()
     try:
         ckpt_rel = ckpt_rel.relative_to(REPO)

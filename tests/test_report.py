@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from metarl_lightning.loggers import build_loggers, config_group, run_name
@@ -147,3 +148,23 @@ def test_published_row_keeps_its_eval_and_reports_like_a_run(tiny_cfg, tmp_path)
     results = report_main([str(tmp_path / "results"), "--out", str(tmp_path / "r")])
     (group,) = results
     assert results[group]["source"] == "eval" and results[group]["mean"] == pytest.approx(0.4)
+
+
+def test_published_checkpoint_leaves_the_replay_buffer_behind(tmp_path):
+    """An off-policy run's last.ckpt with its buffer (algorithm.checkpoint_buffer=true) is
+    published without it, everything else kept; other checkpoints are copied byte for byte."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from publish_run import copy_checkpoint
+
+    weights = {"w": torch.arange(6.0)}
+    state = {"state_dict": weights, "offpolicy": {
+        "vector_steps": 7, "replay": {"obs": torch.zeros(1000, 39), "idx": [torch.zeros(3)]}}}
+    torch.save(state, tmp_path / "a.ckpt")
+    dropped = copy_checkpoint(tmp_path / "a.ckpt", tmp_path / "out" / "a.ckpt")
+    assert dropped == 1000 * 39 * 4 + 3 * 4
+    copied = torch.load(tmp_path / "out" / "a.ckpt", weights_only=True)
+    assert copied["offpolicy"] == {"vector_steps": 7}
+    assert torch.equal(copied["state_dict"]["w"], weights["w"])
+    torch.save({"state_dict": weights}, tmp_path / "b.ckpt")
+    assert copy_checkpoint(tmp_path / "b.ckpt", tmp_path / "out" / "b.ckpt") == 0
+    assert (tmp_path / "out" / "b.ckpt").read_bytes() == (tmp_path / "b.ckpt").read_bytes()
