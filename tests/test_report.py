@@ -168,3 +168,16 @@ def test_published_checkpoint_leaves_the_replay_buffer_behind(tmp_path):
     torch.save({"state_dict": weights}, tmp_path / "b.ckpt")
     assert copy_checkpoint(tmp_path / "b.ckpt", tmp_path / "out" / "b.ckpt") == 0
     assert (tmp_path / "out" / "b.ckpt").read_bytes() == (tmp_path / "b.ckpt").read_bytes()
+
+
+def test_committed_rows_load_with_keys_added_since():
+    """Every committed results row's checkpoint still builds its module (load_run), keys added
+    after it was written filled with what that run did (entropy_bonus: gaussian)."""
+    from metarl_lightning.checkpoints import load_run
+
+    ckpts = sorted(ROOT.glob("results/**/checkpoints/last.ckpt"))
+    assert ckpts, "no committed results rows"
+    for ckpt in ckpts:
+        module, cfg, _ = load_run(str(ckpt))
+        if "ent_coef" in cfg.algorithm:
+            assert module.hparams.entropy_bonus == "gaussian", ckpt
