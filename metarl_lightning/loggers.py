@@ -8,12 +8,16 @@ the W&B run id saved in the checkpoint (`WandbRunId`), as metaworld-algorithms d
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
+import os
 from typing import Any
 
 import lightning as L
 from hydra.utils import get_class, instantiate
+from lightning.fabric.loggers.logger import rank_zero_experiment
+from lightning.pytorch.loggers import CSVLogger as _LightningCSVLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 # The parts of a run config that change its results; the seed, where it ran (paths, devices,
@@ -70,8 +74,57 @@ def build_loggers(cfg: DictConfig, resume_ckpt: dict | None = None) -> list:
                 run_id = (resume_ckpt or {}).get("wandb_run_id")
                 if run_id and not entry.get("id"):
                     entry.id, entry.resume = run_id, "allow"
+        resumed_at = (resume_ckpt or {}).get("env_steps")
+        if entry._target_ == f"{__name__}.CSVLogger" and resumed_at is not None:
+            loggers.append(instantiate(entry, resume_env_steps=int(resumed_at)))
+            continue
         loggers.append(instantiate(entry))
     return loggers
+
+
+class CSVLogger(_LightningCSVLogger):
+    """Lightning's CSVLogger, continued by a resumed run instead of wiped. Lightning deletes
+    metrics.csv when a logger starts in a non-empty dir, so a resume with `ckpt_path=` in the
+    run's own dir (what the resume hint says) kept only the rows after the checkpoint: the MT10
+    MTMHSAC run lost its first 1.1e6 env steps of curves that way. With `resume_env_steps` (the
+    checkpoint's, set by build_loggers) the rows up to that env step are kept, those logged after
+    it (iterations a crash lost with the checkpoint) dropped, and the new rows appended."""
+
+    def __init__(self, *args: Any, resume_env_steps: int | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._resume_env_steps = resume_env_steps
+
+    @property
+    @rank_zero_experiment
+    def experiment(self):
+        if self._experiment is not None or self._resume_env_steps is None:
+            return super().experiment
+        path = os.path.join(self.log_dir, "metrics.csv")
+        header, kept = rows_until(path, self._resume_env_steps)
+        writer = super().experiment  # Lightning's writer deletes the old file here
+        if header:
+            writer.metrics_keys = sorted(header)
+            with open(path, "w", newline="") as f:
+                out = csv.DictWriter(f, fieldnames=writer.metrics_keys)
+                out.writeheader()
+                out.writerows(kept)
+        return writer
+
+
+def rows_until(path: str, env_steps: int) -> tuple[list[str], list[dict]]:
+    """(header, rows) of a metrics.csv up to `env_steps`: a row's env step is its
+    train/env_steps or val/env_steps; rows without one are kept until the first row past it."""
+    if not os.path.isfile(path):
+        return [], []
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        header, kept = list(reader.fieldnames or []), []
+        for row in reader:
+            at = row.get("train/env_steps") or row.get("val/env_steps")
+            if at not in (None, "") and float(at) > env_steps:
+                break
+            kept.append(row)
+    return header, kept
 
 
 class WandbRunId(L.Callback):

@@ -69,18 +69,27 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(tiny_cfg, tmp_path):
     train(full)
     reference = _train_rows(tmp_path / "csv" / "metrics.csv")
 
-    first_dir, second_dir = tmp_path / "first", tmp_path / "second"
+    run_dir = tmp_path / "first"
     first = tiny_cfg("trainer.max_steps=4", *workers,
                      "+callbacks.stop._target_=tests.test_evaluation.StopAtStep",
-                     "+callbacks.stop.step=2", out=first_dir)
+                     "+callbacks.stop.step=2", out=run_dir)
     train(first)
-    ckpt = first_dir / "checkpoints" / "last.ckpt"
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
     assert torch.load(ckpt, weights_only=True)["global_step"] == 2  # plain weights_only load
-    resumed = tiny_cfg("trainer.max_steps=4", *workers, f"ckpt_path={ckpt}", out=second_dir)
+    # An iteration logged after the checkpoint (a crash before the next save): the resumed run
+    # redoes it, so its row is dropped from the curves.
+    metrics = run_dir / "csv" / "metrics.csv"
+    with open(metrics) as f:
+        rows = list(csv.DictReader(f))
+    lost = {**[r for r in rows if r.get("train/env_steps")][-1], "train/env_steps": "1e9"}
+    with open(metrics, "a", newline="") as f:
+        csv.DictWriter(f, fieldnames=list(rows[0])).writerow(lost)
+    # resumed in the run's own dir, as the resume hint says: the curves continue there
+    resumed = tiny_cfg("trainer.max_steps=4", *workers, f"ckpt_path={ckpt}", out=run_dir)
     train(resumed)
-    after = _train_rows(second_dir / "csv" / "metrics.csv")
-    assert len(reference) == 4 and len(after) == 2
-    assert after == reference[2:]  # iterations 3 and 4, to the last printed digit
+    after = _train_rows(metrics)
+    assert len(reference) == 4 and len(after) == 4
+    assert after == reference  # iterations 1-2 kept, 3-4 resumed, to the last printed digit
 
 
 def test_evaluate_py_writes_eval_json_and_plot(tiny_cfg, tmp_path):
