@@ -253,6 +253,12 @@ def test_max_env_steps_stops_any_method_at_its_budget(tmp_path, caplog):
                                 tmp_path / "short"))
     assert objs["trainer"].global_step == 2 and objs["module"].env_steps == 40
     assert "finished after 2 meta-iterations" in caplog.text and "stopped early" not in caplog.text
+    # resumed at its budget: finished, nothing more runs and last.ckpt stays the finished one
+    ckpt = tmp_path / "short" / "checkpoints" / "last.ckpt"
+    _, objs = train(compose_cfg(ppo + ["trainer.max_steps=5", "max_env_steps=30",
+                                       f"ckpt_path={ckpt}"], tmp_path / "short"))
+    assert objs["trainer"].global_step == 2 and objs["module"].env_steps == 40
+    assert torch.load(ckpt, weights_only=True)["env_steps"] == 40
     # MT-SAC: 14 env steps in the first iteration (warm-up), 6 per iteration after
     _, objs = train(_cfg(tmp_path / "sac", "trainer.max_steps=1", "max_env_steps=20"))
     assert objs["trainer"].global_step == 2 and objs["module"].env_steps == 20
