@@ -82,8 +82,10 @@ def plot_seed_curves(groups: dict[str, dict], out_png: str | Path) -> None:
     fig, ax = plt.subplots(figsize=(7.5, 4))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (label, g) in enumerate(groups.items()):
-        c, n = colors[i % len(colors)], len(g["post"])
+        c, n = colors[i % len(colors)], len(g["post"]) or len(g["test"])
         name = f"{label} ({n} seed{'s' if n > 1 else ''})"
+        # a run with meta-tests only (no train/* rows) is named by its test points
+        test_label = ("" if len(g["x"]) else f"{name}: ") + "meta-test (protocol; ML: held-out)"
         if len(g["x"]):
             ax.plot(g["x"], g["post"].mean(0), color=c, label=f"{name}: post-adaptation (train)")
             ax.plot(g["x"], g["pre"].mean(0), color=c, ls=":", alpha=0.8,
@@ -95,9 +97,9 @@ def plot_seed_curves(groups: dict[str, dict], out_png: str | Path) -> None:
             if n > 1:
                 lo, hi = g["band"](g["test"])
                 ax.errorbar(g["test_x"], mean, yerr=[mean - lo, hi - mean], fmt="o--", color=c,
-                            capsize=3, label="meta-test (held-out, protocol)")
+                            capsize=3, label=test_label)
             else:
-                ax.plot(g["test_x"], mean, "o--", color=c, label="meta-test (held-out, protocol)")
+                ax.plot(g["test_x"], mean, "o--", color=c, label=test_label)
     ax.set(xlabel="env steps", ylabel="success rate", ylim=(-0.02, 1.02),
            title="mean over seeds, band: 95% bootstrap CI")
     ax.legend(fontsize=7, loc="best")
