@@ -18,6 +18,7 @@ import lightning as L
 from hydra.utils import get_class, instantiate
 from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger as _LightningCSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 # The parts of a run config that change its results; the seed, where it ran (paths, devices,
@@ -99,7 +100,7 @@ class CSVLogger(_LightningCSVLogger):
     def experiment(self):
         if self._experiment is not None or self._resume_env_steps is None:
             return super().experiment
-        path = os.path.join(self.log_dir, "metrics.csv")
+        path = os.path.join(self.log_dir, ExperimentWriter.NAME_METRICS_FILE)
         header, kept = rows_until(path, self._resume_env_steps)
         writer = super().experiment  # Lightning's writer deletes the old file here
         if header:

@@ -15,13 +15,15 @@ class EnvStepBudget(L.Callback):
         self.max_env_steps = max_env_steps
         self.reached = False  # train.py reports a run stopped here as finished
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # a run resumed (ckpt_path=) at or past its budget is finished: no further iteration
-        # (it used to run one, and replace the finished run's last.ckpt with it)
+    def _check(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if getattr(pl_module, "env_steps", 0) >= self.max_env_steps:
             trainer.should_stop = self.reached = True
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # a run resumed (ckpt_path=) at or past its budget is finished: no further iteration
+        # (it used to run one, and replace the finished run's last.ckpt with it)
+        self._check(trainer, pl_module)
+
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs,
                            batch, batch_idx: int) -> None:
-        if getattr(pl_module, "env_steps", 0) >= self.max_env_steps:
-            trainer.should_stop = self.reached = True
+        self._check(trainer, pl_module)
