@@ -64,6 +64,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
         episodes_per_task=cfg.algorithm.episodes_per_task,
         seed=cfg.seed, num_workers=cfg.data.num_workers, vector_strategy=cfg.data.vector_strategy,
         env_restarts=cfg.data.env_restarts, collector=cfg.data.collector,
+        overlap=cfg.data.overlap,
     )
     module = build_module(cfg, info)  # policy sizes from the benchmark
     # Plain containers only: checkpoints must load with torch.load(weights_only=True).

@@ -160,6 +160,8 @@ class DataConfig:
     collector: str = "workers"  # workers: whole phases in rollout workers | vector: reference
     vector_strategy: str = "process"  # collector=vector's env: process | sync | async
     env_restarts: int = 0  # rebuild the envs up to N times after a worker dies/raises; 0 = stop
+    overlap: bool = True  # off-policy: the envs step while the updates run (a vector env with
+    # step_async: vector_strategy process | async); false: step, then update (data/offpolicy.py)
 
 
 @dataclass

@@ -3,6 +3,8 @@ off-policy stream, a short run through train.py, resume, evaluation, and the env
 
 from __future__ import annotations
 
+import contextlib
+
 import gymnasium as gym
 import lightning as L
 import pytest
@@ -100,6 +102,35 @@ def test_actor_and_temperature_losses_share_one_backward_without_mixing_gradient
     assert both[-1].abs().sum() > 0 and sum(g.abs().sum() for g in both[:-1]) > 0
 
 
+def test_actor_loss_reaches_the_actor_through_frozen_critics():
+    """The actor's backward runs through the critics (dQ/da) without their weight gradients; the
+    actor's gradient is the one an unfrozen critic gives, and the critics train again after."""
+    from metarl_lightning.algorithms.mt_sac import frozen
+    from metarl_lightning.build import benchmark_info, build_module
+
+    cfg = compose_cfg(SAC + ["benchmark.meta_batch_size=2"])
+    module = build_module(cfg, benchmark_info(cfg))
+    torch.manual_seed(0)
+    obs = torch.randn(6, module.policy.obs_dim)
+    obs[:, -1] = 1.0  # MT1's one-hot id
+    actor, critic = list(module.policy.actor.parameters()), list(module.policy.critic.parameters())
+
+    def actor_grads(freeze: bool):
+        torch.manual_seed(1)
+        action, log_prob = module.policy.actor.rsample(obs)
+        with frozen(module.policy.critic) if freeze else contextlib.nullcontext():
+            q_pi = module.policy.critic(obs, action).min(0).values
+        loss = (0.5 * log_prob - q_pi).mean()
+        return torch.autograd.grad(loss, actor + critic, allow_unused=True)
+
+    with_frozen, unfrozen = actor_grads(True), actor_grads(False)
+    for g, ref in zip(with_frozen[:len(actor)], unfrozen[:len(actor)], strict=True):
+        torch.testing.assert_close(g, ref)
+    assert all(g is None for g in with_frozen[len(actor):])  # no critic weight gradients
+    assert all(g is not None and g.abs().sum() > 0 for g in unfrozen[len(actor):])
+    assert all(p.requires_grad for p in critic)  # put back after the block
+
+
 def _fill(buf: TaskReplayBuffer, steps: int, start: int = 0) -> None:
     for t in range(start, start + steps):  # slot s, step t: obs = 1000 * (s + 1) + t
         value = torch.arange(1, buf.num_slots + 1, dtype=torch.float32) * 1000 + t
@@ -161,7 +192,7 @@ def test_stream_stores_the_true_final_obs_at_truncation_and_never_terminates():
     envs = gym.vector.SyncVectorEnv(fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
     learner = _Learner(warmup=2 * H + 1)
     try:
-        it = iter(OffPolicyStream(lambda: envs, learner, lambda: False))
+        it = iter(OffPolicyStream(lambda: envs, learner, lambda: False, overlap=True))
         batch = next(it)  # after the warm-up: 2 episodes + 1 step stored
     finally:
         envs.close()
@@ -178,6 +209,41 @@ def test_stream_stores_the_true_final_obs_at_truncation_and_never_terminates():
     # task ids: slot k is class k (one-hot at the end of the obs), kept in its own ring
     assert torch.equal(d["obs"][:, :buf.size, -10:].argmax(-1),
                        torch.arange(2)[:, None].expand(2, buf.size))
+
+
+def test_overlapped_stream_stores_what_the_serial_one_stores():
+    """With a ProcessVectorEnv the envs step while the updates run: the same actions and
+    transitions as the serial loop (a SyncVectorEnv), the same number of updates, each batch
+    drawn before its step's transitions land (the buffer one step behind when it is drawn)."""
+    from metarl_lightning.envs.vector import ProcessVectorEnv
+
+    H = 5
+    info = mw.describe("MT10", None, use_one_hot=True)
+    fns = mw.make_env_fns(info, split="train", meta_batch_size=10, benchmark_seed=1,
+                          env_seed=1, max_episode_steps=H)[:2]
+    runs = {}
+    for kind in ("serial", "overlap"):
+        envs = (gym.vector.SyncVectorEnv(fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+                if kind == "serial" else ProcessVectorEnv(fns, num_workers=2, step_timeout=60))
+        learner = _Learner(warmup=3)
+        torch.manual_seed(0)
+        try:
+            it = iter(OffPolicyStream(lambda envs=envs: envs, learner, lambda: False,
+                                      overlap=True))
+            sizes = []
+            for _ in range(2 * H + 3):  # through two truncations
+                batch = next(it)
+                sizes.append((learner.vector_steps, learner.replay.size))
+                assert batch.stats["env_steps"] == (8 if not sizes[1:] else 2)
+        finally:
+            envs.close()
+        runs[kind] = sizes, learner.replay
+    (serial_sizes, serial), (overlap_sizes, overlap) = runs["serial"], runs["overlap"]
+    assert [v for v, _ in overlap_sizes] == [v for v, _ in serial_sizes]  # same updates
+    assert all(n == v for v, n in serial_sizes) and all(n == v - 1 for v, n in overlap_sizes)
+    n = overlap.size  # every stored transition identical, truncations' final obs included
+    for k in serial.data:
+        torch.testing.assert_close(overlap.data[k][:, :n], serial.data[k][:, :n])
 
 
 def _cfg(tmp_path, *extra):

@@ -320,3 +320,37 @@ def test_info_keys_send_back_only_what_the_protocol_reads():
     finally:
         proc.close()
         sync.close()
+
+
+def test_step_async_lands_the_step_even_with_a_call_in_between():
+    """step_async/step_wait return what step returns; a `call` sent while a step is in flight
+    (a checkpoint's get_checkpoint between an overlapped update and step_wait) waits for the
+    step first, and step_wait still returns it."""
+    fns = reach_fns()
+    sync = SyncVectorEnv(fns, autoreset_mode=SAME_STEP)
+    proc = ProcessVectorEnv(fns, num_workers=2, step_timeout=60)
+    try:
+        assert_tree_equal(proc.call("sample_tasks"), sync.call("sample_tasks"))
+        assert_tree_equal(proc.reset(seed=3), sync.reset(seed=3))
+        rng = np.random.default_rng(0)
+        for step in range(12):  # envs 0 and 2 autoreset on the way
+            actions = rng.uniform(-1, 1, size=(4, 4))
+            proc.step_async(actions)
+            if step % 3 == 1:
+                assert_tree_equal(proc.call("get_checkpoint"), sync.call("get_checkpoint"))
+                with pytest.raises(RuntimeError, match="step_async called twice"):
+                    proc.step_async(actions)  # the landed step is still waiting for step_wait
+            p_obs, p_rew, p_term, p_trunc, p_info = proc.step_wait()
+            s_obs, s_rew, s_term, s_trunc, s_info = sync.step(actions)
+            assert_tree_equal((p_obs, p_rew, p_term, p_trunc), (s_obs, s_rew, s_term, s_trunc),
+                              f"step {step}")
+            assert_tree_equal(strip_wall_clock(p_info), strip_wall_clock(s_info), f"step {step}")
+        with pytest.raises(RuntimeError, match="step_wait called without step_async"):
+            proc.step_wait()
+        proc.step_async(np.zeros((4, 4)))  # a reset supersedes a step in flight
+        assert_tree_equal(proc.reset(), sync.reset())
+        assert_tree_equal(proc.step(np.zeros((4, 4)))[:4], sync.step(np.zeros((4, 4)))[:4])
+    finally:
+        proc.close()
+        sync.close()
+    assert no_children_alive()

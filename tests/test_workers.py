@@ -33,7 +33,7 @@ def _datamodule(cfg, collector: str, module, num_workers: int = 2) -> MetaWorldD
     dm = MetaWorldDataModule(
         benchmark=benchmark_info(cfg), meta_batch_size=5,
         episodes_per_task=cfg.algorithm.episodes_per_task, seed=3, num_workers=num_workers,
-        vector_strategy="sync", collector=collector)
+        vector_strategy="sync", collector=collector, overlap=True)
     dm.learner = module
     dm.setup("fit")
     return dm

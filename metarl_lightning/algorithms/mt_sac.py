@@ -132,7 +132,7 @@ class MTSAC(SharedPolicyActing, MetaRLModule):
     def training_step(self, dataloader_iter: Iterator) -> None:
         """One iteration: `steps_per_iteration` times (step the envs, one gradient step). Each
         batch is pulled right before its update, so the envs always act with current weights."""
-        env_steps, update_time, metrics, stats = 0.0, 0.0, {}, {}
+        env_steps, env_wait, update_time, metrics, stats = 0.0, 0.0, 0.0, {}, {}
         n = self.hparams.steps_per_iteration
         # DDP: each loss reaches only some parameters (the critic's none of the actor's), which
         # DDP's reducer refuses; its sync is switched off and _step averages the gradients.
@@ -143,12 +143,19 @@ class MTSAC(SharedPolicyActing, MetaRLModule):
                 batch, _, _ = next(dataloader_iter)
                 batch = self.trainer.strategy.batch_to_device(batch)
                 start = time.perf_counter()
+                # While the envs step (data.overlap) the update keeps to one core and the env
+                # workers get the other; otherwise it takes torch's intra-op threads (all cores;
+                # Lightning's CPU DDP splits them between ranks). MT10 CPU recipe, idle 2-core
+                # VM, update alone: 22 ms per gradient step on 2 threads, 29 ms on 1; overlapped,
+                # 1 and 2 threads gave the same env-steps/s (291-298 vs 283-313).
                 with (single_threaded_torch() if self.device.type == "cpu"
-                      else contextlib.nullcontext()):
+                      and batch.stats["overlapped"] else contextlib.nullcontext()):
                     metrics = self._sac_update(batch, last=i == n - 1) or metrics
                 update_time += time.perf_counter() - start
                 env_steps, stats = env_steps + batch.stats["env_steps"], batch.stats
-        self._log_step({**stats, "env_steps": env_steps}, metrics, update_time)
+                env_wait += batch.stats["env_wait"]
+        self._log_step({**stats, "env_steps": env_steps, "env_wait": env_wait}, metrics,
+                       update_time)
 
     def _sac_update(self, batch: ReplayBatch, last: bool) -> dict[str, torch.Tensor]:
         hp = self.hparams
@@ -191,7 +198,10 @@ class MTSAC(SharedPolicyActing, MetaRLModule):
         temperature moves toward entropy -|A| (eq. 18), with log pi detached. So the actor loss
         has no gradient in log_alpha and the temperature loss none in the actor."""
         action, log_prob = self.policy.actor.rsample(obs)
-        q_pi = self.policy.critic(obs, action).min(0).values
+        # The critics only pass dQ/da back to the actor: frozen, the backward skips their weight
+        # gradients (which the next critic step would zero), ~10% of a gradient step's matmuls.
+        with frozen(self.policy.critic):
+            q_pi = self.policy.critic(obs, action).min(0).values
         actor_loss = (weights * (alpha * log_prob - q_pi)).mean()
         alpha_loss = F.temperature_loss(self.log_alpha, task, log_prob, self.target_entropy)
         return actor_loss, alpha_loss, log_prob
@@ -230,6 +240,8 @@ class MTSAC(SharedPolicyActing, MetaRLModule):
                     "train/return_post": stats["return"], "train/success_post": stats["success"],
                     "train/buffer_size": float(self.replay.size if self.replay else 0),
                     "perf/update_share": update_time / max(iter_time, 1e-9),
+                    # time blocked on the envs (the rest: acting, storing, sampling, logging)
+                    "perf/env_wait_share": stats["env_wait"] / max(iter_time, 1e-9),
                     "perf/gradient_steps_per_s": grad_steps / max(iter_time, 1e-9)})
         self.log_dict(log, on_step=True, batch_size=1)
         self.log("perf/env_steps_per_s", steps / max(iter_time, 1e-9), prog_bar=True,
@@ -257,6 +269,19 @@ class MTSAC(SharedPolicyActing, MetaRLModule):
             # first warmup_steps). The run then differs from an uninterrupted one.
             self.replay = None
             self.learning_starts = self.vector_steps + self.hparams.warmup_steps
+
+
+@contextlib.contextmanager
+def frozen(module: nn.Module) -> Iterator[None]:
+    """`module`'s parameters leave the autograd graph inside (their requires_grad put back)."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
 
 
 def _average_gradients(params: list[torch.Tensor], world_size: int) -> None:

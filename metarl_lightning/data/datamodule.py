@@ -56,7 +56,7 @@ class MetaWorldDataModule(L.LightningDataModule):
 
     def __init__(self, benchmark: mw.BenchmarkInfo, meta_batch_size: int, episodes_per_task: int,
                  seed: int = 1, num_workers: int | None = None, vector_strategy: str = "process",
-                 env_restarts: int = 0, collector: str = "workers"):
+                 env_restarts: int = 0, collector: str = "workers", *, overlap: bool):
         super().__init__()
         self.info = benchmark
         mw.check_meta_batch_size(self.info, meta_batch_size, "train")
@@ -70,6 +70,7 @@ class MetaWorldDataModule(L.LightningDataModule):
         self.collector_kind = collector
         self.generators: list[torch.Generator] = []  # action noise, one per task slot
         self.env_restarts = env_restarts
+        self.overlap = overlap  # off-policy stream only
         self.restarts_done = 0
         self.envs: gym.vector.VectorEnv | None = None
         self.collector: RolloutCollector | None = None
@@ -160,7 +161,7 @@ class MetaWorldDataModule(L.LightningDataModule):
         stream = MetaBatchStream(lambda: self.collector, learner, self.restart_envs)
         if getattr(learner, "off_policy", False):  # SAC: env steps into a replay buffer
             from metarl_lightning.data.offpolicy import OffPolicyStream
-            stream = OffPolicyStream(lambda: self.envs, learner, self.restart_envs)
+            stream = OffPolicyStream(lambda: self.envs, learner, self.restart_envs, self.overlap)
         return DataLoader(stream, batch_size=None, num_workers=0,
                           generator=torch.Generator().manual_seed(self.seed))
 

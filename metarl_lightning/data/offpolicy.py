@@ -93,13 +93,18 @@ class OffPolicyStream(IterableDataset):
     then the actor's samples), store (obs, action, reward, true next obs, terminated) per slot,
     then `utd` gradient steps per vector step (fractional ratios accumulate). Re-tasking: every
     episode reset draws the slot's next goal (Meta-World's sample_tasks_on_reset).
+    `overlap` (data.overlap) with a vector env that has `step_async` (ProcessVectorEnv,
+    AsyncVectorEnv): the step is sent, its updates run while the envs step, then its
+    transitions are stored; same actions and update count as the serial loop, each batch drawn
+    from the buffer as it was before that step. A checkpoint between (envs.call) waits for the
+    step; a resume resets the envs, losing the episodes in progress and the step in flight.
     Env faults: as MetaBatchStream, rebuild through `restart` (the episodes in progress are lost)
     or stop.
     """
 
     def __init__(self, envs: Callable[[], gym.vector.VectorEnv], learner: Any,
-                 restart: Callable[[], bool]):
-        self.envs, self.learner, self.restart = envs, learner, restart
+                 restart: Callable[[], bool], overlap: bool):
+        self.envs, self.learner, self.restart, self.overlap = envs, learner, restart, overlap
 
     def _reset(self) -> np.ndarray:
         envs = self.envs()
@@ -113,47 +118,81 @@ class OffPolicyStream(IterableDataset):
         num_slots = obs.shape[0]
         buffer = learner.replay_buffer(num_slots, obs.shape[1])
         per_slot = learner.batch_per_slot(num_slots)
-        ep_return, ep_success = np.zeros(num_slots), np.zeros(num_slots)
-        recent: collections.deque = collections.deque(maxlen=num_slots)  # (return, success)
-        env_steps, start = 0, time.perf_counter()
+        episodes = _Episodes(num_slots)
+        env_steps, env_wait, start = 0, 0.0, time.perf_counter()
         while True:
             try:
                 with single_threaded_torch():
                     action = learner.explore(torch.as_tensor(obs, dtype=torch.float32))  # (S, act)
-                next_obs, rew, term, trunc, infos = self.envs().step(action.numpy())
-            except EnvFault as fault:
+                envs = self.envs()
+                # Overlap: the envs step while this step's updates run (their batches are drawn
+                # before its transitions land, so each update misses only the newest S of the
+                # buffer's transitions; the actions are the serial loop's). MT10 CPU recipe, idle
+                # 2-core VM: see benchmarks/offpolicy_overlap.py.
+                overlap = self.overlap and hasattr(envs, "step_async") and buffer.size > 0
+                if overlap:
+                    envs.step_async(action.numpy())
+                else:
+                    t0 = time.perf_counter()
+                    obs = episodes.store(buffer, obs, action, envs.step(action.numpy()))
+                    env_wait += time.perf_counter() - t0
+                env_steps += num_slots
+                learner.vector_steps += 1
+                # Updates start after the warm-up (metaworld-algorithms: global_step > warmstart).
+                if learner.vector_steps > learner.learning_starts:
+                    learner.update_debt += hp.utd
+                    while learner.update_debt >= 1.0:
+                        learner.update_debt -= 1.0
+                        stats = {"env_steps": float(env_steps), "env_wait": env_wait,
+                                 "overlapped": float(overlap),  # the envs step meanwhile
+                                 "collect_time": time.perf_counter() - start, **episodes.stats()}
+                        yield ReplayBatch(**buffer.sample(per_slot), stats=stats)
+                        env_steps, env_wait, start = 0, 0.0, time.perf_counter()
+                if overlap:
+                    t0 = time.perf_counter()
+                    obs = episodes.store(buffer, obs, action, envs.step_wait())
+                    env_wait += time.perf_counter() - t0
+            except EnvFault as fault:  # the step in flight is lost with the episodes
                 log.warning("env fault: %s", str(fault).splitlines()[0])
                 if not self.restart():
                     raise
-                obs, ep_return[:], ep_success[:] = self._reset(), 0.0, 0.0
-                continue
-            done = np.logical_or(term, trunc)
-            true_next, succ = next_obs, infos.get("success", np.zeros(num_slots))
-            if done.any():  # same-step autoreset: the true final obs is in infos
-                true_next, succ = next_obs.copy(), np.asarray(succ, np.float64).copy()
-                for i in np.flatnonzero(done):
-                    true_next[i] = infos["final_obs"][i]
-                    succ[i] = infos["final_info"]["success"][i]
-            t = lambda x: torch.as_tensor(np.asarray(x), dtype=torch.float32)
-            buffer.add(obs=t(obs), actions=action, rewards=t(rew), next_obs=t(true_next),
-                       terminated=t(term))
-            ep_return += rew
-            ep_success = np.maximum(ep_success, succ)
+                obs = self._reset()
+                episodes.clear()
+
+
+class _Episodes:
+    """The stream's per-slot episode bookkeeping: stores each vector step's transitions and
+    keeps the last finished episode of each slot for the logged return and success."""
+
+    def __init__(self, num_slots: int):
+        self.num_slots = num_slots
+        self.ret, self.success = np.zeros(num_slots), np.zeros(num_slots)
+        self.recent: collections.deque = collections.deque(maxlen=num_slots)  # (return, success)
+
+    def clear(self) -> None:
+        self.ret[:], self.success[:] = 0.0, 0.0
+
+    def store(self, buffer: TaskReplayBuffer, obs: np.ndarray, action: torch.Tensor,
+              step: tuple) -> np.ndarray:
+        """Add (obs, action, reward, true next obs, terminated) per slot; returns the next obs."""
+        next_obs, rew, term, trunc, infos = step
+        done = np.logical_or(term, trunc)
+        true_next, succ = next_obs, infos.get("success", np.zeros(self.num_slots))
+        if done.any():  # same-step autoreset: the true final obs is in infos
+            true_next, succ = next_obs.copy(), np.asarray(succ, np.float64).copy()
             for i in np.flatnonzero(done):
-                recent.append((ep_return[i], ep_success[i]))
-                ep_return[i] = ep_success[i] = 0.0
-            obs = next_obs
-            env_steps += num_slots
-            learner.vector_steps += 1
-            # Updates start after the warm-up (metaworld-algorithms: global_step > warmstart).
-            if learner.vector_steps <= learner.learning_starts:
-                continue
-            learner.update_debt += hp.utd
-            while learner.update_debt >= 1.0:
-                learner.update_debt -= 1.0
-                returns = [r for r, _ in recent] or [0.0]
-                stats = {"env_steps": float(env_steps), "collect_time": time.perf_counter() - start,
-                         "return": float(np.mean(returns)),
-                         "success": float(np.mean([s for _, s in recent] or [0.0]))}
-                yield ReplayBatch(**buffer.sample(per_slot), stats=stats)
-                env_steps, start = 0, time.perf_counter()
+                true_next[i] = infos["final_obs"][i]
+                succ[i] = infos["final_info"]["success"][i]
+        t = lambda x: torch.as_tensor(np.asarray(x), dtype=torch.float32)
+        buffer.add(obs=t(obs), actions=action, rewards=t(rew), next_obs=t(true_next),
+                   terminated=t(term))
+        self.ret += rew
+        self.success = np.maximum(self.success, succ)
+        for i in np.flatnonzero(done):
+            self.recent.append((self.ret[i], self.success[i]))
+            self.ret[i] = self.success[i] = 0.0
+        return next_obs
+
+    def stats(self) -> dict[str, float]:
+        return {"return": float(np.mean([r for r, _ in self.recent] or [0.0])),
+                "success": float(np.mean([s for _, s in self.recent] or [0.0]))}

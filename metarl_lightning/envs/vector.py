@@ -241,6 +241,8 @@ class ProcessVectorEnv(gym.vector.VectorEnv):
         self._obs = None
         self._tasks: list = []
         self._fault: str | None = None  # why the env was closed by a worker failure
+        self._in_flight = False  # step_async sent, replies not collected
+        self._landed: tuple | None = None  # a step collected early, for step_wait
         self.closed = False
         self.num_envs = len(env_fns)
         if self.num_envs == 0:
@@ -325,10 +327,21 @@ class ProcessVectorEnv(gym.vector.VectorEnv):
             else:
                 args.append(None)  # untouched envs keep their last obs in shared memory
         infos = [info or {} for info in self._run("reset", args)]
+        self._landed = None  # a step in flight before the reset is superseded by it
         return self._obs.copy(), merge_infos(infos, self._sizes)
 
     def step(self, actions):
+        self.step_async(actions)
+        return self.step_wait()
+
+    def step_async(self, actions) -> None:
+        """Send `actions` to the workers and return at once (gymnasium AsyncVectorEnv's API):
+        the caller works while the envs step, then `step_wait()` returns what `step` would.
+        Any other command sent before `step_wait` first waits for the step (kept for
+        `step_wait`), so a checkpoint's `call` in between is safe."""
         self._ensure_open()
+        if self._in_flight or self._landed is not None:
+            raise RuntimeError("step_async called twice without step_wait")
         actions = np.asarray(actions)
         if actions.ndim == 0 or len(actions) != self.num_envs:
             raise ValueError(f"expected actions for {self.num_envs} envs, got shape "
@@ -339,10 +352,24 @@ class ProcessVectorEnv(gym.vector.VectorEnv):
         view = np.ndarray(actions.shape, actions.dtype, buffer=self._shms[1].buf)
         view[...] = actions
         del view
-        replies = self._run("step", [(actions.dtype.str, actions.shape[1:])] * self.num_workers)
+        self._send("step", [(actions.dtype.str, actions.shape[1:])] * self.num_workers)
+        self._in_flight = True
+
+    def step_wait(self):
+        if self._landed is None:
+            if not self._in_flight:
+                raise RuntimeError("step_wait called without step_async")
+            self._land()
+        result, self._landed = self._landed, None
+        return result
+
+    def _land(self) -> None:
+        """Collect the step in flight into `_landed`."""
+        self._in_flight = False
+        replies = self._collect("step", range(self.num_workers))
         rewards, terminations, truncations, infos = zip(*replies, strict=True)
-        return (self._obs.copy(), np.concatenate(rewards), np.concatenate(terminations),
-                np.concatenate(truncations), merge_infos(infos, self._sizes))
+        self._landed = (self._obs.copy(), np.concatenate(rewards), np.concatenate(terminations),
+                        np.concatenate(truncations), merge_infos(infos, self._sizes))
 
     def call(self, name: str, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
         """Call ``name`` on every env with the same arguments (like SyncVectorEnv.call)."""
@@ -417,14 +444,20 @@ class ProcessVectorEnv(gym.vector.VectorEnv):
     def _run(self, cmd: str, args: list) -> list:
         """Send ``cmd`` to workers whose args are not None, then collect all replies."""
         self._ensure_open()
+        if self._in_flight:  # the step's replies come first on every pipe
+            self._land()
+        active = self._send(cmd, args)
+        replies = self._collect(cmd, active)
+        return [replies.pop(0) if a is not None else None for a in args]
+
+    def _send(self, cmd: str, args: list) -> list[int]:
         active = [w for w, a in enumerate(args) if a is not None]
         for w in active:
             try:
                 self._conns[w].send((cmd, args[w]))
             except OSError as exc:  # BrokenPipeError: the worker is gone
                 self._fail(w, cmd, f"worker process is not reachable ({exc!r})")
-        replies = self._collect(cmd, active)
-        return [replies.pop(0) if a is not None else None for a in args]
+        return active
 
     def _collect(self, cmd: str, workers) -> list:
         return collect_replies(self, cmd, workers)
