@@ -160,8 +160,10 @@ class DataConfig:
     collector: str = "workers"  # workers: whole phases in rollout workers | vector: reference
     vector_strategy: str = "process"  # collector=vector's env: process | sync | async
     env_restarts: int = 0  # rebuild the envs up to N times after a worker dies/raises; 0 = stop
-    overlap: bool = True  # off-policy: the envs step while the updates run (a vector env with
-    # step_async: vector_strategy process | async); false: step, then update (data/offpolicy.py)
+    overlap: bool = False  # off-policy: the envs step while the updates run (needs a vector env
+    # with step_async: vector_strategy process | async). Off by default: on the 2-core CPU VM the
+    # serial loop's 2-thread update is as fast (296 vs 287 env-steps/s, MT10 CPU recipe,
+    # benchmarks/offpolicy_overlap.py); its case is a GPU update, not yet measured
 
 
 @dataclass

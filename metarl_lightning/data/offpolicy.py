@@ -127,8 +127,7 @@ class OffPolicyStream(IterableDataset):
                 envs = self.envs()
                 # Overlap: the envs step while this step's updates run (their batches are drawn
                 # before its transitions land, so each update misses only the newest S of the
-                # buffer's transitions; the actions are the serial loop's). MT10 CPU recipe, idle
-                # 2-core VM: see benchmarks/offpolicy_overlap.py.
+                # buffer's transitions; the actions are the serial loop's). Figures: config.py.
                 overlap = self.overlap and hasattr(envs, "step_async") and buffer.size > 0
                 if overlap:
                     envs.step_async(action.numpy())
