@@ -25,16 +25,18 @@ def test_interrupt_writes_a_loadable_last_checkpoint(tmp_path, sig):
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     csv_path = tmp_path / "csv" / "metrics.csv"
-    deadline = time.time() + 120
-    while time.time() < deadline and (not csv_path.exists() or
-                                      csv_path.read_text().count("\n") < 4):
+    logged = lambda: csv_path.read_text().count("\n") - 1 if csv_path.exists() else 0  # noqa: E731
+    deadline = time.time() + 300
+    while time.time() < deadline and logged() < 3:
         time.sleep(0.5)  # wait for a few meta-iterations (no periodic checkpoint yet)
+    seen = logged()  # on a loaded machine the deadline may pass first: compare with what ran
+    assert seen >= 1, "no meta-iteration logged within 300 s"
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + sig, err[-3000:]  # 130 / 143: stopped, not finished
     ckpt = tmp_path / "checkpoints" / "last.ckpt"
     state = torch.load(ckpt, weights_only=True)
-    assert state["global_step"] >= 3
+    assert state["global_step"] >= seen  # every logged iteration (and the one running) is in it
     assert "resume with ckpt_path=" in out + err
     log = (tmp_path / "train.log").read_text()  # the hint and the summary reach the run's log
     assert f"resume with: python train.py {' '.join(args[:2])}" in log

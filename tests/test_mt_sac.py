@@ -224,7 +224,7 @@ def test_overlapped_stream_stores_what_the_serial_one_stores():
     runs = {}
     for kind in ("serial", "overlap"):
         envs = (gym.vector.SyncVectorEnv(fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
-                if kind == "serial" else ProcessVectorEnv(fns, num_workers=2, step_timeout=60))
+                if kind == "serial" else ProcessVectorEnv(fns, num_workers=1, step_timeout=60))
         learner = _Learner(warmup=3)
         torch.manual_seed(0)
         try:
@@ -278,7 +278,8 @@ def test_mt_sac_trains_one_iteration_and_evaluates_under_the_mt_protocol(model, 
     assert result.split == "train" and 0.0 <= result.success_rate <= 1.0
 
 
-@pytest.mark.parametrize("overlap", [False, True])
+# the overlapped case (two env workers started twice: ~14 s on the loaded VM) in the slow part
+@pytest.mark.parametrize("overlap", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_resume_with_the_buffer_continues_without_a_new_warm_up(overlap, tmp_path):
     """With data.overlap (two env workers) each iteration ends with a step in flight: the
     checkpoint's env call waits for it, and its transitions are not stored (a resume resets the
