@@ -211,6 +211,7 @@ def test_stream_stores_the_true_final_obs_at_truncation_and_never_terminates():
                        torch.arange(2)[:, None].expand(2, buf.size))
 
 
+@pytest.mark.slow  # data.overlap is opt-in; a worker process and MT10 envs: ~10 s
 def test_overlapped_stream_stores_what_the_serial_one_stores():
     """With a ProcessVectorEnv the envs step while the updates run: the same actions and
     transitions as the serial loop (a SyncVectorEnv), the same number of updates, each batch

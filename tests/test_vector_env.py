@@ -322,6 +322,7 @@ def test_info_keys_send_back_only_what_the_protocol_reads():
         sync.close()
 
 
+@pytest.mark.slow  # used by the opt-in data.overlap only
 def test_step_async_lands_the_step_even_with_a_call_in_between():
     """step_async/step_wait return what step returns; a `call` sent while a step is in flight
     (a checkpoint's get_checkpoint between an overlapped update and step_wait) waits for the
