@@ -147,7 +147,7 @@ class MTSAC(SharedPolicyActing, MetaRLModule):
                 # workers get the other; otherwise it takes torch's intra-op threads (all cores;
                 # Lightning's CPU DDP splits them between ranks). MT10 CPU recipe, idle 2-core
                 # VM, update alone: 22 ms per gradient step on 2 threads, 29 ms on 1; overlapped,
-                # 1 and 2 threads gave the same env-steps/s (291-298 vs 283-313).
+                # 1 and 2 threads gave the same env-steps/s (281-332 vs 283-313).
                 with (single_threaded_torch() if self.device.type == "cpu"
                       and batch.stats["overlapped"] else contextlib.nullcontext()):
                     metrics = self._sac_update(batch, last=i == n - 1) or metrics

@@ -133,8 +133,9 @@ class OffPolicyStream(IterableDataset):
                     envs.step_async(action.numpy())
                 else:
                     t0 = time.perf_counter()
-                    obs = episodes.store(buffer, obs, action, envs.step(action.numpy()))
+                    step = envs.step(action.numpy())
                     env_wait += time.perf_counter() - t0
+                    obs = episodes.store(buffer, obs, action, step)
                 env_steps += num_slots
                 learner.vector_steps += 1
                 # Updates start after the warm-up (metaworld-algorithms: global_step > warmstart).
@@ -149,8 +150,9 @@ class OffPolicyStream(IterableDataset):
                         env_steps, env_wait, start = 0, 0.0, time.perf_counter()
                 if overlap:
                     t0 = time.perf_counter()
-                    obs = episodes.store(buffer, obs, action, envs.step_wait())
+                    step = envs.step_wait()
                     env_wait += time.perf_counter() - t0
+                    obs = episodes.store(buffer, obs, action, step)
             except EnvFault as fault:  # the step in flight is lost with the episodes
                 log.warning("env fault: %s", str(fault).splitlines()[0])
                 if not self.restart():
