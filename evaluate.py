@@ -37,9 +37,6 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
     overrides = {k: v for k, v in OmegaConf.to_container(cfg.benchmark).items() if v is not None}
     module, run_cfg, ckpt = load_run(cfg.ckpt_path, overrides)
     b, e = run_cfg.benchmark, cfg.eval
-    log.info("evaluating %s (%s on %s, meta-iteration %d, %s env steps) on the %s split, seed %d",
-             cfg.ckpt_path, module.name, runlog.benchmark_label(b), int(ckpt.get("global_step", 0)),
-             f"{int(ckpt.get('env_steps', 0)):,}", cfg.split, cfg.seed)
     evaluator = Evaluator(
         benchmark_info(run_cfg), cfg.split, cfg.seed, meta_batch_size=e.meta_batch_size,
         num_evals=e.num_evals, adaptation_episodes=e.adaptation_episodes,
@@ -47,6 +44,10 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
         deterministic=e.deterministic, num_workers=cfg.num_workers,
         vector_strategy=cfg.vector_strategy,
     )
+    # the evaluator's split: MT has no test split and always scores its training tasks
+    log.info("evaluating %s (%s on %s, meta-iteration %d, %s env steps) on the %s split, seed %d",
+             cfg.ckpt_path, module.name, runlog.benchmark_label(b), int(ckpt.get("global_step", 0)),
+             f"{int(ckpt.get('env_steps', 0)):,}", evaluator.split, cfg.seed)
     try:
         result = evaluator.run(module)
     finally:
