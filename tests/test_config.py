@@ -24,6 +24,7 @@ def test_readme_example_override_composes(tmp_path):
 
 
 @pytest.mark.parametrize("group,option", [("model", "mlp"), ("model", "seed_mlp"),
+                                          ("model", "mlp_large"),
                                           ("model", "gru"), ("model", "multihead_mlp"),
                                           ("algorithm", "rl2_ppo"), ("algorithm", "mt_ppo"),
                                           ("trainer", "gpu"), ("logger", "many"),
