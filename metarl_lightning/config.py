@@ -79,6 +79,7 @@ class MAMLPPOConfig(PPOKeys):
     first_order: bool = MISSING
     learn_inner_lr: bool = MISSING
     outer_epochs: int = MISSING
+    outer_minibatches: int = MISSING
 
 
 @dataclass

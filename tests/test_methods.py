@@ -304,6 +304,20 @@ def test_maml_trains_with_clipped_gaussian_actions(tiny_cfg):
     assert (raw > 1).any() and action.max() <= 1.0 and torch.equal(action[raw < 1], raw[raw < 1])
 
 
+def test_maml_task_minibatches_take_epochs_x_minibatches_steps(tiny_cfg):
+    """algorithm.outer_minibatches=2 on a 2-task meta-batch: each of the 2 outer epochs takes one
+    gradient step per task (Adam's step count), Lightning counts one step per meta-iteration."""
+    cfg = tiny_cfg("algorithm.outer_minibatches=2", "trainer.max_steps=1")
+    metrics, objs = train(cfg)
+    module = objs["module"]
+    assert module.trainer.global_step == 1
+    adam = module.optimizers().optimizer
+    steps = {int(adam.state[p]["step"]) for p in module.policy.actor.parameters()}
+    assert steps == {2 * 2}
+    for key in ("train/policy_loss", "train/inner_loss", "train/explained_variance"):
+        assert torch.isfinite(torch.tensor(metrics[key])), key
+
+
 @pytest.mark.parametrize("method", ["maml_ppo", "mt_ppo",  # rl2: mt_ppo's _ppo_epochs path
                                     pytest.param("rl2_ppo", marks=pytest.mark.slow)])
 def test_squashed_entropy_bonus_trains(method, tmp_path):

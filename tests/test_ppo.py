@@ -47,3 +47,31 @@ def test_ppo_step_on_fixed_data_increases_the_surrogate():
     assert sum(p.grad.abs().sum() for p in actor_params) > 0  # a real policy gradient
     opt.step()
     assert surrogate().item() < before.item()  # loss = -surrogate went down
+
+
+def test_task_minibatches_split_the_outer_loss_exactly():
+    """algorithm.outer_minibatches: the mean of the losses of an equal split of the tasks has the
+    full batch's gradient (per-task adaptation and advantage normalisation, means over equal
+    task sizes), so minibatches change only how many steps an epoch takes."""
+    module = _module()
+    support, query = _rollout(module, seed=0, tasks=4), _rollout(module, seed=1, tasks=4)
+    g = torch.Generator().manual_seed(2)
+    support = support._replace(returns=torch.randn(4, 16, generator=g))
+    query = query._replace(returns=torch.randn(4, 16, generator=g))
+    params = list(module.parameters())
+
+    def grads(*task_sets):
+        loss = sum(module.outer_loss(support, query, torch.tensor(t))[0]
+                   for t in task_sets) / len(task_sets)
+        return torch.autograd.grad(loss, params, allow_unused=True)
+
+    full, halves = grads([0, 1, 2, 3]), grads([2, 0], [3, 1])
+    assert any(f is not None and f.abs().sum() > 0 for f in full)
+    for f, h in zip(full, halves):
+        assert (f is None) == (h is None)
+        if f is not None:
+            torch.testing.assert_close(h, f, rtol=1e-5, atol=1e-7)
+    # a split that is not a union of whole tasks would not match: one task alone differs
+    alone = grads([0])
+    assert any(f is not None and not torch.allclose(a, f, atol=1e-6)
+               for f, a in zip(full, alone))
