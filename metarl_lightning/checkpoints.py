@@ -99,6 +99,8 @@ def load_run(ckpt_path: str, benchmark_overrides: dict | None = None):
     # that reproduces what those runs did: not a default (new runs take theirs from conf/).
     if "ent_coef" in cfg.algorithm and "entropy_bonus" not in cfg.algorithm:  # PPO methods
         cfg.algorithm.entropy_bonus = "gaussian"
+    if "outer_epochs" in cfg.algorithm and "outer_minibatches" not in cfg.algorithm:  # MAML-PPO
+        cfg.algorithm.outer_minibatches = 1  # full-batch epochs
     for key, value in (benchmark_overrides or {}).items():
         cfg.benchmark[key] = value
     module = build_module(cfg, benchmark_info(cfg))

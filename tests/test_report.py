@@ -172,7 +172,8 @@ def test_published_checkpoint_leaves_the_replay_buffer_behind(tmp_path):
 
 def test_committed_rows_load_with_keys_added_since():
     """Every committed results row's checkpoint still builds its module (load_run), keys added
-    after it was written filled with what that run did (entropy_bonus: gaussian)."""
+    after it was written filled with what that run did (entropy_bonus: gaussian; MAML-PPO's
+    outer_minibatches: 1)."""
     from metarl_lightning.checkpoints import load_run
 
     ckpts = sorted(ROOT.glob("results/**/checkpoints/last.ckpt"))
@@ -181,3 +182,5 @@ def test_committed_rows_load_with_keys_added_since():
         module, cfg, _ = load_run(str(ckpt))
         if "ent_coef" in cfg.algorithm:
             assert module.hparams.entropy_bonus == "gaussian", ckpt
+        if "outer_epochs" in cfg.algorithm:
+            assert module.hparams.outer_minibatches == 1, ckpt
