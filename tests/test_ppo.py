@@ -71,7 +71,7 @@ def test_task_minibatches_split_the_outer_loss_exactly():
         assert (f is None) == (h is None)
         if f is not None:
             torch.testing.assert_close(h, f, rtol=1e-5, atol=1e-7)
-    # a split that is not a union of whole tasks would not match: one task alone differs
+    # not vacuous: one task's loss alone has another gradient
     alone = grads([0])
     assert any(f is not None and not torch.allclose(a, f, atol=1e-6)
                for f, a in zip(full, alone))
