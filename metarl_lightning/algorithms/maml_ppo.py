@@ -144,7 +144,7 @@ class MAMLPPO(MetaRLModule):
                                       actor.squash)
         loss = policy_loss + hp.vf_coef * v_loss - hp.ent_coef * entropy
         return loss, dict(stats, policy_loss=policy_loss, value_loss=v_loss, entropy=entropy,
-                          adapted=adapted)
+                          adapted=adapted, support=support)
 
     def update(self, batch: MetaBatch) -> dict:
         """`outer_epochs` passes over the meta-batch, each in `outer_minibatches` random task
@@ -170,8 +170,8 @@ class MAMLPPO(MetaRLModule):
                     # Support surrogate after the inner step (mean over the tasks). Before it,
                     # every ratio is 1 and the normalised advantages average 0, so the loss is
                     # 0: negative = adaptation helps.
-                    sup = support if tasks is None else _tasks(support, tasks)
-                    share = 1.0 if tasks is None else len(tasks) / num_tasks
+                    sup = out["support"]  # these tasks' support data
+                    share = sup.obs.shape[0] / num_tasks
                     with torch.no_grad():
                         inner = inner + share * vmap(
                             F.inner_loss, in_dims=(None, 0, 0, 0, 0, 0))(
