@@ -33,6 +33,11 @@ class ModelConfig:
     # Every model=: tanh-squashed actions (default); false: Gaussian actions clipped to the box,
     # as metaworld-algorithms' MAML-TRPO and RL² (policies/distributions.py). MT-SAC needs true.
     squash: bool = True
+    # The critic's width / depth (null: the actor's). The critic is not adapted, and in MAML-PPO's
+    # update it runs on support and query states every outer epoch: with 3 x 400 it is ~1/3 of
+    # the update's FLOPs.
+    critic_hidden_dim: int | None = None
+    critic_num_layers: int | None = None
 
 
 @dataclass

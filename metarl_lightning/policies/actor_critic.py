@@ -8,6 +8,7 @@ import math
 import torch
 from torch import nn
 
+from metarl_lightning.errors import ConfigError
 from metarl_lightning.policies import distributions as D
 
 _ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "silu": nn.SiLU}
@@ -19,6 +20,19 @@ def hidden_sizes(hidden_dim: int, num_layers: int, shrink_last: bool) -> list[in
     if shrink_last and num_layers > 1:
         sizes[-1] = hidden_dim // 2
     return sizes
+
+
+def critic_hidden_sizes(hidden_dim: int, num_layers: int, shrink_last: bool,
+                        critic_hidden_dim: int | None, critic_num_layers: int | None) -> list[int]:
+    """The critic's hidden sizes: the actor's, with `critic_hidden_dim` / `critic_num_layers`
+    replacing `hidden_dim` / `num_layers` where set (None: the actor's)."""
+    for name, value in (("critic_hidden_dim", critic_hidden_dim),
+                        ("critic_num_layers", critic_num_layers)):
+        if value is not None and value < 1:
+            raise ConfigError(f"model.{name}={value}: must be >= 1, or null for the actor's")
+    return hidden_sizes(hidden_dim if critic_hidden_dim is None else critic_hidden_dim,
+                        num_layers if critic_num_layers is None else critic_num_layers,
+                        shrink_last)
 
 
 class LayerNorm(nn.Module):
@@ -93,22 +107,26 @@ class GaussianActor(nn.Module):
 
 
 class ActorCritic(nn.Module):
-    """Separate actor and critic MLPs of the same shape. Only the actor is adapted by MAML."""
+    """Separate actor and critic MLPs, the critic of the actor's shape unless `critic_hidden_dim`
+    / `critic_num_layers` say otherwise. Only the actor is adapted by MAML."""
 
     def __init__(self, obs_dim: int, action_dim: int, hidden_dim: int = 256, num_layers: int = 3,
                  shrink_last: bool = True, layer_norm: bool = True, activation: str = "tanh",
                  init_log_std: float = 0.0, action_low: float = -1.0, action_high: float = 1.0,
-                 squash: bool = True):
+                 squash: bool = True, critic_hidden_dim: int | None = None,
+                 critic_num_layers: int | None = None):
         super().__init__()
         sizes = hidden_sizes(hidden_dim, num_layers, shrink_last)
+        critic_sizes = critic_hidden_sizes(hidden_dim, num_layers, shrink_last,
+                                           critic_hidden_dim, critic_num_layers)
         low = torch.full((action_dim,), float(action_low))
         high = torch.full((action_dim,), float(action_high))
         self.obs_dim, self.action_dim = obs_dim, action_dim
         self.actor = GaussianActor(obs_dim, action_dim, sizes, layer_norm=layer_norm,
                                    activation=activation, init_log_std=init_log_std,
                                    action_low=low, action_high=high, squash=squash)
-        self.critic = mlp(obs_dim, sizes, 1, layer_norm=layer_norm, activation=activation,
-                          out_gain=1.0)
+        self.critic = mlp(obs_dim, critic_sizes, 1, layer_norm=layer_norm,
+                          activation=activation, out_gain=1.0)
 
     def value(self, obs: torch.Tensor) -> torch.Tensor:
         return self.critic(obs).squeeze(-1)

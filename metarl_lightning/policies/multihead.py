@@ -11,7 +11,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from metarl_lightning.policies.actor_critic import GaussianActor, hidden_sizes, mlp
+from metarl_lightning.policies.actor_critic import GaussianActor, critic_hidden_sizes, hidden_sizes, mlp
 
 
 class MultiHeadLinear(nn.Module):
@@ -57,9 +57,12 @@ class MultiHeadActorCritic(nn.Module):
     def __init__(self, obs_dim: int, action_dim: int, num_tasks: int, hidden_dim: int = 256,
                  num_layers: int = 3, shrink_last: bool = True, layer_norm: bool = True,
                  activation: str = "tanh", init_log_std: float = 0.0, action_low: float = -1.0,
-                 action_high: float = 1.0, squash: bool = True):
+                 action_high: float = 1.0, squash: bool = True,
+                 critic_hidden_dim: int | None = None, critic_num_layers: int | None = None):
         super().__init__()
         sizes = hidden_sizes(hidden_dim, num_layers, shrink_last)
+        critic_sizes = critic_hidden_sizes(hidden_dim, num_layers, shrink_last,
+                                           critic_hidden_dim, critic_num_layers)
         low = torch.full((action_dim,), float(action_low))
         high = torch.full((action_dim,), float(action_high))
         self.obs_dim, self.action_dim, self.num_tasks = obs_dim, action_dim, num_tasks
@@ -68,7 +71,7 @@ class MultiHeadActorCritic(nn.Module):
         self.actor = GaussianActor(obs_dim, action_dim, sizes, layer_norm=layer_norm,
                                    activation=activation, init_log_std=init_log_std,
                                    action_low=low, action_high=high, net=heads, squash=squash)
-        self.critic = MultiHeadMLP(obs_dim, sizes, 1, num_tasks, layer_norm=layer_norm,
+        self.critic = MultiHeadMLP(obs_dim, critic_sizes, 1, num_tasks, layer_norm=layer_norm,
                                    activation=activation, out_gain=1.0)
 
     def value(self, obs: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ from torch import nn
 
 from metarl_lightning.errors import ConfigError
 from metarl_lightning.policies import distributions as D
-from metarl_lightning.policies.actor_critic import hidden_sizes, mlp
+from metarl_lightning.policies.actor_critic import critic_hidden_sizes, hidden_sizes, mlp
 from metarl_lightning.policies.multihead import MultiHeadLinear
 
 # Clamp of the state-dependent log-std: softlearning's SAC (Haarnoja et al. 2018) and
@@ -85,13 +85,15 @@ class TwinQ(nn.Module):
 
 
 class SACActorCritic(nn.Module):
-    """Actor and twin critics of the same hidden sizes; `multi_head`: one head per task (MTMHSAC).
-    Task conditioning is the one-hot id at the end of the observation (benchmark.use_one_hot)."""
+    """Actor and twin critics, the critics of the actor's hidden sizes unless `critic_hidden_dim` /
+    `critic_num_layers` say otherwise; `multi_head`: one head per task (MTMHSAC). Task
+    conditioning is the one-hot id at the end of the observation (benchmark.use_one_hot)."""
 
     def __init__(self, obs_dim: int, action_dim: int, num_tasks: int, multi_head: bool = False,
                  hidden_dim: int = 400, num_layers: int = 3, shrink_last: bool = False,
                  layer_norm: bool = False, activation: str = "relu", init_log_std: float = 0.0,
-                 action_low: float = -1.0, action_high: float = 1.0, squash: bool = True):
+                 action_low: float = -1.0, action_high: float = 1.0, squash: bool = True,
+                 critic_hidden_dim: int | None = None, critic_num_layers: int | None = None):
         super().__init__()
         del init_log_std  # the PPO models' key; SAC's std is an output of the actor
         if not squash:  # SAC's entropy and log-prob need the bounded, squashed distribution
@@ -103,7 +105,9 @@ class SACActorCritic(nn.Module):
                               activation=activation,
                               action_low=torch.full((action_dim,), float(action_low)),
                               action_high=torch.full((action_dim,), float(action_high)))
-        self.critic = TwinQ(obs_dim, action_dim, sizes, heads, layer_norm=layer_norm,
+        critic_sizes = critic_hidden_sizes(hidden_dim, num_layers, shrink_last,
+                                           critic_hidden_dim, critic_num_layers)
+        self.critic = TwinQ(obs_dim, action_dim, critic_sizes, heads, layer_norm=layer_norm,
                             activation=activation)
 
     def num_params(self) -> int:
