@@ -48,3 +48,23 @@ def test_interrupt_writes_a_loadable_last_checkpoint(tmp_path, sig):
     assert objs["stopped_by"] is None and objs["trainer"].global_step == state["global_step"] + 1
     after = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)
     assert after["global_step"] == state["global_step"] + 1
+
+
+def test_progress_bar_counts_the_runs_iterations_after_a_resume(monkeypatch):
+    """A run resumed at iteration 113 of 2000 shows 114/2000 after one more iteration (Lightning's
+    own bar showed batch_idx + 1 = 1 of an unknown total there: no epoch start on resume)."""
+    from types import SimpleNamespace
+
+    from metarl_lightning.callbacks import IterationProgressBar
+
+    bar = IterationProgressBar()
+    trainer = SimpleNamespace(max_steps=2000, global_step=113, is_global_zero=True)
+    monkeypatch.setattr(type(bar), "trainer", property(lambda self: trainer))
+    monkeypatch.setattr(bar, "get_metrics", lambda *a: {"success": 0.1})
+    bar.on_train_start(trainer, None)  # resume: Lightning skips on_train_epoch_start
+    assert (bar.train_progress_bar.n, bar.train_progress_bar.total) == (113, 2000)
+    trainer.global_step = 114
+    bar.on_train_batch_end(trainer, None, None, None, batch_idx=0)
+    assert (bar.train_progress_bar.n, bar.train_progress_bar.total) == (114, 2000)
+    assert bar.train_progress_bar.desc.startswith("Iteration")
+    bar.on_train_end(trainer)
