@@ -33,9 +33,9 @@ class ModelConfig:
     # Every model=: tanh-squashed actions (default); false: Gaussian actions clipped to the box,
     # as metaworld-algorithms' MAML-TRPO and RL² (policies/distributions.py). MT-SAC needs true.
     squash: bool = True
-    # The critic's width / depth (null: the actor's). The critic is not adapted, and in MAML-PPO's
-    # update it runs on support and query states every outer epoch: with 3 x 400 it is ~1/3 of
-    # the update's FLOPs.
+    # The critic's width / depth (null: the actor's). The critic is not adapted; in MAML-PPO's
+    # update a 2 x 256 critic instead of 3 x 400 bought only ~1.09x env-steps/s (ml1_cpu.yaml):
+    # the second-order actor is the cost there.
     critic_hidden_dim: int | None = None
     critic_num_layers: int | None = None
 
