@@ -16,9 +16,7 @@ class IterationProgressBar(TQDMProgressBar):
 
     def _reset_to_run(self, trainer: L.Trainer) -> None:
         bar = self.train_progress_bar
-        total = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
-        bar.reset(total=total)
-        bar.initial = 0
+        bar.reset(total=trainer.max_steps if trainer.max_steps > 0 else None)  # -1: no limit
         bar.n = trainer.global_step
         bar.set_description("Iteration")
         bar.refresh()
