@@ -38,6 +38,12 @@ class ModelConfig:
     # the second-order actor is the cost there.
     critic_hidden_dim: int | None = None
     critic_num_layers: int | None = None
+    # Bounds of the actor's log-std (null: none for the PPO models' state-independent log-std,
+    # kept there by projection after each optimiser step; SAC's clamp of its state-dependent
+    # log-std, null: -20 / 2). An entropy bonus under Adam can drive an unbounded log-std up
+    # (ml10_cpu.yaml).
+    log_std_min: float | None = None
+    log_std_max: float | None = None
 
 
 @dataclass

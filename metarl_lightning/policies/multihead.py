@@ -58,7 +58,8 @@ class MultiHeadActorCritic(nn.Module):
                  num_layers: int = 3, shrink_last: bool = True, layer_norm: bool = True,
                  activation: str = "tanh", init_log_std: float = 0.0, action_low: float = -1.0,
                  action_high: float = 1.0, squash: bool = True,
-                 critic_hidden_dim: int | None = None, critic_num_layers: int | None = None):
+                 critic_hidden_dim: int | None = None, critic_num_layers: int | None = None,
+                 log_std_min: float | None = None, log_std_max: float | None = None):
         super().__init__()
         sizes = hidden_sizes(hidden_dim, num_layers, shrink_last)
         critic_sizes = critic_hidden_sizes(hidden_dim, num_layers, shrink_last,
@@ -70,7 +71,8 @@ class MultiHeadActorCritic(nn.Module):
                              activation=activation, out_gain=0.01)
         self.actor = GaussianActor(obs_dim, action_dim, sizes, layer_norm=layer_norm,
                                    activation=activation, init_log_std=init_log_std,
-                                   action_low=low, action_high=high, net=heads, squash=squash)
+                                   action_low=low, action_high=high, net=heads, squash=squash,
+                                   log_std_min=log_std_min, log_std_max=log_std_max)
         self.critic = MultiHeadMLP(obs_dim, critic_sizes, 1, num_tasks, layer_norm=layer_norm,
                                    activation=activation, out_gain=1.0)
 

@@ -13,11 +13,17 @@ from torch import nn
 
 from metarl_lightning.errors import ConfigError
 from metarl_lightning.policies import distributions as D
-from metarl_lightning.policies.actor_critic import critic_hidden_sizes, hidden_sizes, mlp
+from metarl_lightning.policies.actor_critic import (
+    check_log_std_bounds,
+    critic_hidden_sizes,
+    hidden_sizes,
+    mlp,
+)
 from metarl_lightning.policies.multihead import MultiHeadLinear
 
-# Clamp of the state-dependent log-std: softlearning's SAC (Haarnoja et al. 2018) and
-# metaworld-algorithms' ContinuousActionPolicyConfig (log_std_min=-20, log_std_max=2).
+# Clamp of the state-dependent log-std when model.log_std_min / log_std_max are null:
+# softlearning's SAC (Haarnoja et al. 2018) and metaworld-algorithms'
+# ContinuousActionPolicyConfig (log_std_min=-20, log_std_max=2).
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 
 
@@ -50,8 +56,10 @@ class SACActor(nn.Module):
 
     def __init__(self, obs_dim: int, action_dim: int, sizes: list[int], num_tasks: int | None, *,
                  layer_norm: bool, activation: str, action_low: torch.Tensor,
-                 action_high: torch.Tensor):
+                 action_high: torch.Tensor, log_std_min: float = LOG_STD_MIN,
+                 log_std_max: float = LOG_STD_MAX):
         super().__init__()
+        self.log_std_min, self.log_std_max = log_std_min, log_std_max
         self.net = Net(obs_dim, sizes, 2 * action_dim, num_tasks, layer_norm=layer_norm,
                        activation=activation, out_gain=0.01)  # near-zero mean, std ~1 at start
         self.register_buffer("action_scale", (action_high - action_low) / 2)
@@ -59,7 +67,7 @@ class SACActor(nn.Module):
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean, log_std = self.net(obs, obs).chunk(2, -1)  # (..., act) each
-        return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+        return mean, log_std.clamp(self.log_std_min, self.log_std_max)
 
     def rsample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Reparameterised (action in the box, log-prob): gradients flow into the actor."""
@@ -93,9 +101,13 @@ class SACActorCritic(nn.Module):
                  hidden_dim: int = 400, num_layers: int = 3, shrink_last: bool = False,
                  layer_norm: bool = False, activation: str = "relu", init_log_std: float = 0.0,
                  action_low: float = -1.0, action_high: float = 1.0, squash: bool = True,
-                 critic_hidden_dim: int | None = None, critic_num_layers: int | None = None):
+                 critic_hidden_dim: int | None = None, critic_num_layers: int | None = None,
+                 log_std_min: float | None = None, log_std_max: float | None = None):
         super().__init__()
         del init_log_std  # the PPO models' key; SAC's std is an output of the actor
+        bounds = {"log_std_min": LOG_STD_MIN if log_std_min is None else log_std_min,
+                  "log_std_max": LOG_STD_MAX if log_std_max is None else log_std_max}
+        check_log_std_bounds(bounds["log_std_min"], bounds["log_std_max"])
         if not squash:  # SAC's entropy and log-prob need the bounded, squashed distribution
             raise ConfigError("algorithm=mt_sac needs tanh-squashed actions; set model.squash=true")
         sizes = hidden_sizes(hidden_dim, num_layers, shrink_last)
@@ -104,7 +116,8 @@ class SACActorCritic(nn.Module):
         self.actor = SACActor(obs_dim, action_dim, sizes, heads, layer_norm=layer_norm,
                               activation=activation,
                               action_low=torch.full((action_dim,), float(action_low)),
-                              action_high=torch.full((action_dim,), float(action_high)))
+                              action_high=torch.full((action_dim,), float(action_high)),
+                              **bounds)
         critic_sizes = critic_hidden_sizes(hidden_dim, num_layers, shrink_last,
                                            critic_hidden_dim, critic_num_layers)
         self.critic = TwinQ(obs_dim, action_dim, critic_sizes, heads, layer_norm=layer_norm,
