@@ -202,10 +202,15 @@ def test_close_leaves_no_process_fd_or_shared_memory(tiny_cfg):
     assert not any(os.path.exists(f"/proc/{p}") for p in pids)  # joined: no zombies either
 
 
-def test_a_dead_worker_is_an_env_fault_naming_its_tasks(tiny_cfg):
+@pytest.mark.parametrize("reaped", [False, True])
+def test_a_dead_worker_is_an_env_fault_naming_its_tasks(tiny_cfg, reaped):
+    """Killed while the command is on its way or (reaped) gone before it is sent (the send then
+    fails with a broken pipe): either way the fault says the worker died."""
     module, dm = _tiny_workers(tiny_cfg)
     segment = dm.envs._shm.name.lstrip("/")
     os.kill(dm.envs.worker_pids[1], signal.SIGKILL)
+    if reaped:
+        dm.envs._procs[1].join(timeout=10)
     with pytest.raises(EnvFault, match=r"rollout worker 1 .*slots \[\d, \d\], task_name "
                                        r"\['reach-v3'\]\) failed in 'phase': worker process died"):
         dm.collector.collect(module)

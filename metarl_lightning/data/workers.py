@@ -33,7 +33,13 @@ from typing import Any
 import numpy as np
 
 from metarl_lightning.data.collector import FIELDS as ROLLOUT  # the arrays a phase writes
-from metarl_lightning.envs.vector import _BLAS_VARS, child_env, collect_replies, serve
+from metarl_lightning.envs.vector import (
+    _BLAS_VARS,
+    child_env,
+    collect_replies,
+    serve,
+    unreachable,
+)
 from metarl_lightning.errors import EnvFault
 
 GEN_BYTES = 5056  # torch CPU generator state (algorithms/sampling.GENERATOR_STATE_BYTES)
@@ -331,8 +337,8 @@ class PhaseWorkers:
         for w, a in enumerate(args):
             try:
                 self._conns[w].send((cmd, a))
-            except OSError as exc:
-                self._fail(w, cmd, f"worker process is not reachable ({exc!r})")
+            except OSError as exc:  # BrokenPipeError: e.g. killed before the command was sent
+                self._fail(w, cmd, unreachable(self._procs[w], exc))
         return self._collect(cmd, range(self.num_workers))
 
     def _collect(self, cmd: str, workers) -> list:

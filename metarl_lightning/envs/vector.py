@@ -88,6 +88,15 @@ def keep_infos(infos: dict, keys: Collection[str] | None) -> dict:
     return out
 
 
+def unreachable(proc, exc: OSError) -> str:
+    """Why a send to a worker failed: a worker that died before the command reached it (a killed
+    one, say) is reported as dead, like one that dies while working; else the pipe error."""
+    proc.join(timeout=1.0)
+    if proc.exitcode is not None:
+        return f"worker process died (exit code {proc.exitcode})"
+    return f"worker process is not reachable ({exc!r})"
+
+
 def collect_replies(pool, cmd: str, workers) -> list:
     """Wait for one reply per worker of `pool` (its `_recv(w, cmd)` and `_describe(w, tasks)`);
     raise one EnvFault with every worker's error after draining them all. Shared by
@@ -456,7 +465,7 @@ class ProcessVectorEnv(gym.vector.VectorEnv):
             try:
                 self._conns[w].send((cmd, args[w]))
             except OSError as exc:  # BrokenPipeError: the worker is gone
-                self._fail(w, cmd, f"worker process is not reachable ({exc!r})")
+                self._fail(w, cmd, unreachable(self._procs[w], exc))
         return active
 
     def _collect(self, cmd: str, workers) -> list:
