@@ -105,9 +105,9 @@ class SACActorCritic(nn.Module):
                  log_std_min: float | None = None, log_std_max: float | None = None):
         super().__init__()
         del init_log_std  # the PPO models' key; SAC's std is an output of the actor
-        bounds = {"log_std_min": LOG_STD_MIN if log_std_min is None else log_std_min,
-                  "log_std_max": LOG_STD_MAX if log_std_max is None else log_std_max}
-        check_log_std_bounds(bounds["log_std_min"], bounds["log_std_max"])
+        log_std_min = LOG_STD_MIN if log_std_min is None else log_std_min
+        log_std_max = LOG_STD_MAX if log_std_max is None else log_std_max
+        check_log_std_bounds(log_std_min, log_std_max)
         if not squash:  # SAC's entropy and log-prob need the bounded, squashed distribution
             raise ConfigError("algorithm=mt_sac needs tanh-squashed actions; set model.squash=true")
         sizes = hidden_sizes(hidden_dim, num_layers, shrink_last)
@@ -117,7 +117,7 @@ class SACActorCritic(nn.Module):
                               activation=activation,
                               action_low=torch.full((action_dim,), float(action_low)),
                               action_high=torch.full((action_dim,), float(action_high)),
-                              **bounds)
+                              log_std_min=log_std_min, log_std_max=log_std_max)
         critic_sizes = critic_hidden_sizes(hidden_dim, num_layers, shrink_last,
                                            critic_hidden_dim, critic_num_layers)
         self.critic = TwinQ(obs_dim, action_dim, critic_sizes, heads, layer_norm=layer_norm,
