@@ -217,8 +217,10 @@ def curve_groups(runs: list[Run], k: int = 10) -> dict[str, dict]:
         if len(lengths) == len(members):
             shortest = min(range(len(members)), key=lambda i: curves["train/success_post"][i][0][-1])
             grid = curves["train/success_post"][shortest][0]
+        # a key only some runs log (MT-SAC has no pre-adaptation success) is left empty, (0, T)
         interp = {key: np.array([np.interp(grid, x, smooth(y, k)) for x, y in curves[key]])
-                  for key in curves} if len(grid) else {key: np.zeros((0, 0)) for key in curves}
+                  if len(grid) and all(len(x) for x, _ in curves[key])
+                  else np.zeros((0, len(grid))) for key in curves}
         tests = [dict(zip(*series(r.rows, "val/success_rate", "val/env_steps"))) for r in members]
         shared = sorted(set.intersection(*(set(t) for t in tests))) if tests else []
         out[g] = {"x": grid, "pre": interp["train/success_pre"], "post": interp["train/success_post"],

@@ -12,8 +12,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from metarl_lightning.evaluation.plots import plot_seed_curves
 from metarl_lightning.loggers import build_loggers, config_group, run_name
-from metarl_lightning.report import aggregate, bootstrap_band, load_runs
+from metarl_lightning.report import Run, aggregate, bootstrap_band, curve_groups, load_runs
 from metarl_lightning.report import main as report_main
 from tests.conftest import ROOT, compose_cfg
 from train import train
@@ -65,6 +66,32 @@ def test_report_over_two_tiny_runs_gives_the_right_mean(tiny_cfg, tmp_path, fork
     assert proc.returncode == 0, proc.stderr[-2000:]
     row = next(ln for ln in proc.stdout.splitlines() if ln.startswith(f"| {group} | eval"))
     assert "s1: 0.250, s2: 0.750" in row and "**0.500**" in row
+
+
+def _rows(steps, keys):
+    rows = [{"train/env_steps": str(s), **{k: str(s / steps[-1]) for k in keys}} for s in steps]
+    return rows + [{"val/env_steps": str(steps[-1]), "val/success_rate": "0.5"}]
+
+
+def test_curves_of_a_method_without_pre_adaptation_rows(tmp_path):
+    """MT-SAC logs train/success_post but no train/success_pre: its curve is the post line alone
+    (this crashed np.interp on an empty series), next to a MAML group that has both."""
+    steps = [100, 200, 300, 400]
+    runs = [Run(tmp_path / "a", "sac", 1, _rows(steps, ["train/success_post"])),
+            Run(tmp_path / "b", "sac", 2, _rows(steps[:3], ["train/success_post"])),
+            Run(tmp_path / "c", "maml", 1, _rows(steps, ["train/success_post", "train/success_pre"])),
+            Run(tmp_path / "d", "mixed", 1, _rows(steps, ["train/success_post", "train/success_pre"])),
+            Run(tmp_path / "e", "mixed", 2, _rows(steps, ["train/success_post"]))]
+    groups = curve_groups(runs, k=1)
+    sac, maml, mixed = groups["sac"], groups["maml"], groups["mixed"]
+    assert list(sac["x"]) == [100, 200, 300]  # the shortest seed's grid
+    assert sac["post"].shape == (2, 3) and sac["pre"].shape == (0, 3)
+    assert sac["post"][0] == pytest.approx([0.25, 0.5, 0.75])
+    assert maml["pre"].shape == maml["post"].shape == (1, 4)
+    assert mixed["pre"].shape == (0, 4) and mixed["post"].shape == (2, 4)  # pre only where all have it
+    assert list(sac["test_x"]) == [] and list(maml["test_x"]) == [400]
+    plot_seed_curves(groups, tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").stat().st_size > 5000
 
 
 def test_config_group_ignores_the_seed_only(tmp_path):

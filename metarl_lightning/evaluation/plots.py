@@ -74,7 +74,8 @@ def plot_learning_curves(metrics_csv: str | Path, out_png: str | Path, title: st
 
 
 def plot_seed_curves(groups: dict[str, dict], out_png: str | Path) -> None:
-    """groups: {label: {"x": (T,), "pre": (S, T), "post": (S, T), "test_x": (V,),
+    """groups: {label: {"x": (T,), "pre": (S, T) or (0, T) for runs without adaptation,
+    "post": (S, T), "test_x": (V,),
     "test": (S, V), "band": fn((S, T)) -> (lo, hi)}}: per config, the seeds' smoothed training
     success on a common env-step grid and their meta-test points. Mean line, band = the 95%
     bootstrap CI of the mean over seeds (none for one seed)."""
@@ -87,9 +88,12 @@ def plot_seed_curves(groups: dict[str, dict], out_png: str | Path) -> None:
         # a run with meta-tests only (no train/* rows) is named by its test points
         test_label = ("" if len(g["x"]) else f"{name}: ") + "meta-test (protocol; ML: held-out)"
         if len(g["x"]):
-            ax.plot(g["x"], g["post"].mean(0), color=c, label=f"{name}: post-adaptation (train)")
-            ax.plot(g["x"], g["pre"].mean(0), color=c, ls=":", alpha=0.8,
-                    label="pre-adaptation (train)")
+            # no "pre" rows: a method without adaptation (MT-SAC), its training episodes' success
+            post = "post-adaptation (train)" if len(g["pre"]) else "training episodes"
+            ax.plot(g["x"], g["post"].mean(0), color=c, label=f"{name}: {post}")
+            if len(g["pre"]):
+                ax.plot(g["x"], g["pre"].mean(0), color=c, ls=":", alpha=0.8,
+                        label="pre-adaptation (train)")
             if n > 1:
                 ax.fill_between(g["x"], *g["band"](g["post"]), color=c, alpha=0.2, lw=0)
         if len(g["test_x"]):
