@@ -40,13 +40,27 @@ def _plain(cfg: Any) -> dict:
     return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
 
 
+def _without_nulls(x: Any) -> Any:
+    """x with every null-valued mapping entry dropped, recursively."""
+    if isinstance(x, dict):
+        return {k: _without_nulls(v) for k, v in x.items() if v is not None}
+    if isinstance(x, list):
+        return [_without_nulls(v) for v in x]
+    return x
+
+
 def config_group(cfg: Any) -> str:
-    """`<task_name>/<method>/<benchmark>/<hash of the config without seed>`."""
+    """`<task_name>/<method>/<benchmark>/<hash of the config without seed>`.
+
+    Null-valued keys are left out of the hash: a key added to the config later, whose null
+    default keeps the old behaviour (e.g. `model.log_std_max`), must not split a run made before
+    it from the same recipe run after it. A key set to a value still changes the group."""
     from metarl_lightning.runlog import benchmark_label
 
     c = _plain(cfg)
     key = {k: c.get(k) for k in _GROUP_KEYS}
     key["trainer"] = {k: c.get("trainer", {}).get(k) for k in _GROUP_TRAINER_KEYS}
+    key = _without_nulls(key)
     digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:6]
     bench = benchmark_label(c["benchmark"]).replace(" ", "-")
     return f"{c.get('task_name', 'train')}/{method_name(c['algorithm'])}/{bench}/{digest}"

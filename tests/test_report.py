@@ -103,6 +103,17 @@ def test_config_group_ignores_the_seed_only(tmp_path):
     assert run_name(a) == "train/maml_ppo/ML1-reach-v3/s1" != run_name(b)
 
 
+def test_config_group_is_unchanged_by_a_key_whose_value_is_null(tmp_path):
+    """A run saved before a null-default key existed groups with the same recipe run after."""
+    new = compose_cfg(["seed=1"], tmp_path)
+    assert new.model.log_std_max is None
+    old = OmegaConf.to_container(new, resolve=True)
+    del old["model"]["log_std_max"], old["model"]["log_std_min"]
+    assert config_group(old) == config_group(new)
+    bounded = compose_cfg(["seed=1", "model.log_std_max=0.0"], tmp_path)
+    assert config_group(bounded) != config_group(new)
+
+
 def test_wandb_logger_gets_name_group_tags_and_resumes_the_run_id(tmp_path):
     cfg = compose_cfg(["logger=wandb", "logger.wandb.entity=me", "logger.wandb.job_type=sweep",
                        "tags=[mine]"], tmp_path)
