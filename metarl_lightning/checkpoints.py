@@ -12,6 +12,7 @@ from lightning.fabric.plugins import TorchCheckpointIO
 from omegaconf import OmegaConf
 
 from metarl_lightning.build import benchmark_info, build_module
+from metarl_lightning.config import added_keys
 from metarl_lightning.types import ConfigError
 
 
@@ -95,12 +96,8 @@ def load_run(ckpt_path: str, benchmark_overrides: dict | None = None):
         raise ConfigError(f"checkpoint {ckpt_path!r} has no run_config; it was not written by "
                           "train.py")
     cfg = OmegaConf.create(cfg)
-    # Keys added after runs were published (results/ holds their checkpoints), with the value
-    # that reproduces what those runs did: not a default (new runs take theirs from conf/).
-    if "ent_coef" in cfg.algorithm and "entropy_bonus" not in cfg.algorithm:  # PPO methods
-        cfg.algorithm.entropy_bonus = "gaussian"
-    if "outer_epochs" in cfg.algorithm and "outer_minibatches" not in cfg.algorithm:  # MAML-PPO
-        cfg.algorithm.outer_minibatches = 1  # full-batch epochs
+    for key, value in added_keys(cfg.algorithm).items():
+        cfg.algorithm[key] = value
     for key, value in (benchmark_overrides or {}).items():
         cfg.benchmark[key] = value
     module = build_module(cfg, benchmark_info(cfg))

@@ -241,6 +241,19 @@ class EvaluateConfig:
     vector_strategy: str = "process"
 
 
+def added_keys(algorithm: Any) -> dict:
+    """The keys added after runs were published (results/ holds their checkpoints) that the
+    `algorithm` config of such a run lacks, at the value that reproduces what those runs did: not
+    a default (new runs take theirs from conf/). One place for checkpoints.load_run (to rebuild
+    the module) and loggers.config_group (so an old run groups with the same recipe run now)."""
+    added = {}
+    if "ent_coef" in algorithm and "entropy_bonus" not in algorithm:  # PPO methods
+        added["entropy_bonus"] = "gaussian"
+    if "outer_epochs" in algorithm and "outer_minibatches" not in algorithm:  # MAML-PPO
+        added["outer_minibatches"] = 1  # full-batch epochs
+    return added
+
+
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)

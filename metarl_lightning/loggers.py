@@ -21,6 +21,8 @@ from lightning.pytorch.loggers import CSVLogger as _LightningCSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from metarl_lightning.config import added_keys
+
 # The parts of a run config that change its results; the seed, where it ran (paths, devices,
 # workers), logging and callbacks do not. `task_name` names the experiment recipe.
 _GROUP_KEYS = ("task_name", "benchmark", "model", "algorithm")
@@ -52,12 +54,14 @@ def _without_nulls(x: Any) -> Any:
 def config_group(cfg: Any) -> str:
     """`<task_name>/<method>/<benchmark>/<hash of the config without seed>`.
 
-    Null-valued keys are left out of the hash: a key added to the config later, whose null
-    default keeps the old behaviour (e.g. `model.log_std_max`), must not split a run made before
-    it from the same recipe run after it. A key set to a value still changes the group."""
+    A key added to the config later must not split a run made before it from the same recipe run
+    after it: null-valued keys (whose null keeps the old behaviour, e.g. `model.log_std_max`) are
+    left out of the hash, and keys added with a value are filled in as `checkpoints.load_run`
+    fills them (`config.added_keys`). A key set to another value still changes the group."""
     from metarl_lightning.runlog import benchmark_label
 
     c = _plain(cfg)
+    c = {**c, "algorithm": {**c["algorithm"], **added_keys(c["algorithm"])}}
     key = {k: c.get(k) for k in _GROUP_KEYS}
     key["trainer"] = {k: c.get("trainer", {}).get(k) for k in _GROUP_TRAINER_KEYS}
     key = _without_nulls(key)

@@ -114,6 +114,19 @@ def test_config_group_is_unchanged_by_a_key_whose_value_is_null(tmp_path):
     assert config_group(bounded) != config_group(new)
 
 
+def test_config_group_fills_keys_added_with_a_value_as_load_run_does(tmp_path):
+    """A MAML-PPO run saved before `entropy_bonus` / `outer_minibatches` existed groups with the
+    same recipe run now (load_run rebuilds it with those values), and not with another value."""
+    new = compose_cfg(["seed=1"], tmp_path)
+    assert (new.algorithm.entropy_bonus, new.algorithm.outer_minibatches) == ("gaussian", 1)
+    old = OmegaConf.to_container(new, resolve=True)
+    del old["algorithm"]["entropy_bonus"], old["algorithm"]["outer_minibatches"]
+    assert config_group(old) == config_group(new)
+    assert "entropy_bonus" not in old["algorithm"]  # the caller's config is not changed
+    other = compose_cfg(["seed=1", "algorithm.outer_minibatches=2"], tmp_path)
+    assert config_group(other) != config_group(new)
+
+
 def test_wandb_logger_gets_name_group_tags_and_resumes_the_run_id(tmp_path):
     cfg = compose_cfg(["logger=wandb", "logger.wandb.entity=me", "logger.wandb.job_type=sweep",
                        "tags=[mine]"], tmp_path)
@@ -143,6 +156,20 @@ def test_aggregate_mean_iqm_and_ci():
     assert agg["iqm"] == pytest.approx(0.55)
     assert agg["mean_ci"][0] < agg["mean"] < agg["mean_ci"][1]
     assert aggregate(scores[:1])["mean_ci"] is None  # one run: no CI
+
+
+def test_aggregate_ci_is_the_same_for_the_same_runs_and_leaves_the_global_rng_alone():
+    """rliable bootstraps with NumPy's global RNG: the report seeds it for the call and restores
+    it, so regenerating a report gives the same CIs whatever ran before."""
+    scores = np.random.default_rng(1).random((2, 10))
+    np.random.seed(5)
+    first = aggregate(scores, reps=500)
+    np.random.seed(6)  # another global state before the second call
+    second = aggregate(scores, reps=500)
+    assert first["mean_ci"] == second["mean_ci"] and first["iqm_ci"] == second["iqm_ci"]
+    after = np.random.random()
+    np.random.seed(6)
+    assert np.random.random() == after  # the caller's RNG stream is untouched
 
 
 def test_report_rejects_paths_without_runs(tmp_path):
