@@ -59,6 +59,9 @@ class GRUModelConfig:
     hidden_dim: int = 128
     init_log_std: float = 0.0
     squash: bool = True
+    # Bounds of the state-independent log-std (null: none), kept by projection as for the MLPs
+    log_std_min: float | None = None
+    log_std_max: float | None = None
 
 
 # --- algorithm schemas: keys and types only. Each default lives in ONE place, the method's

@@ -52,6 +52,8 @@ def test_log_std_bounds_are_checked_and_bound_sac_clamp():
         ActorCritic(39, 4, hidden_dim=8, num_layers=1, log_std_min=0.5, log_std_max=0.0)
     with pytest.raises(ConfigError, match="init_log_std=0.0 lies outside"):
         ActorCritic(39, 4, hidden_dim=8, num_layers=1, log_std_max=-0.5)
+    with pytest.raises(ConfigError, match="init_log_std=0.0 lies outside"):
+        GRUActorCritic(45, 4, hidden_dim=8, log_std_max=-0.5)
     sac = SACActorCritic(49, 4, num_tasks=10, hidden_dim=8, num_layers=1, log_std_max=-1.0)
     with torch.no_grad():  # every weight 1: the raw log-std output is far above the bound
         for p in sac.actor.net.parameters():
@@ -61,17 +63,25 @@ def test_log_std_bounds_are_checked_and_bound_sac_clamp():
     assert SACActorCritic(49, 4, num_tasks=10, hidden_dim=8, num_layers=1).actor.log_std_max == 2.0
 
 
+# MAML-PPO's MLP actor, and RL²-PPO's GRU (its log-std is the policy's own: no separate actor)
+RL2_TINY = ["algorithm=rl2_ppo", "model=gru", "algorithm.update_epochs=2"]
+
+
+@pytest.mark.parametrize("recurrent", [False, True], ids=["mlp", "gru"])
 @pytest.mark.parametrize("bound", [None, 0.0])
-def test_log_std_max_holds_the_log_std_against_an_entropy_bonus(bound, tmp_path):
+def test_log_std_max_holds_the_log_std_against_an_entropy_bonus(bound, recurrent, tmp_path):
     """ent_coef pushes the state-independent log-std up every outer step (Adam: ~lr per step);
     with model.log_std_max the projection after each step keeps it at the bound."""
     from tests.conftest import TINY, compose_cfg
     from train import train
 
     extra = [] if bound is None else [f"model.log_std_max={bound}"]
-    _, objs = train(compose_cfg(TINY + ["algorithm.ent_coef=10.0", "model.init_log_std=0.0",
+    base = ([o for o in TINY if not o.startswith(("algorithm.", "model"))] + RL2_TINY
+            + ["model.hidden_dim=8"] if recurrent else TINY)
+    _, objs = train(compose_cfg(base + ["algorithm.ent_coef=10.0", "model.init_log_std=0.0",
                                         *extra], tmp_path))
-    log_std = objs["module"].policy.actor.log_std.detach()
+    policy = objs["module"].policy
+    log_std = (policy if recurrent else policy.actor).log_std.detach()
     if bound is None:
         assert torch.all(log_std > 0.0)  # the bonus does raise it: the bounded case is a test
     else:

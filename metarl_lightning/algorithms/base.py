@@ -122,8 +122,10 @@ class MetaRLModule(L.LightningModule):
         # Lightning counts each LightningOptimizer.step() as a global step; trainer.max_steps
         # counts meta-iterations, so only the last gradient step of one steps through Lightning.
         (opt.step if last else opt.optimizer.step)()
-        project = getattr(getattr(self.policy, "actor", None), "project_", None)
-        if project is not None:  # model.log_std_min / log_std_max (policies.GaussianActor)
+        # model.log_std_min / log_std_max: the actor's (policies.GaussianActor) or, for the
+        # recurrent policy without a separate actor, the policy's own (GRUActorCritic)
+        project = getattr(getattr(self.policy, "actor", self.policy), "project_", None)
+        if project is not None:
             project()
         self._nonfinite_in_a_row = 0
         return grad_norm

@@ -14,14 +14,21 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from metarl_lightning.policies.actor_critic import check_log_std_bounds
+
 
 class GRUActorCritic(nn.Module):
     recurrent: ClassVar[bool] = True
 
     def __init__(self, obs_dim: int, action_dim: int, hidden_dim: int = 128,
                  init_log_std: float = 0.0, action_low: float = -1.0, action_high: float = 1.0,
-                 squash: bool = True):
+                 squash: bool = True, log_std_min: float | None = None,
+                 log_std_max: float | None = None):
         super().__init__()
+        # Bounds of the state-independent log-std (None: unbounded), kept by projection after
+        # each optimiser step (`project_`), as policies.GaussianActor does for the MLP models.
+        check_log_std_bounds(log_std_min, log_std_max, init_log_std)
+        self.log_std_min, self.log_std_max = log_std_min, log_std_max
         self.obs_dim, self.action_dim, self.hidden_dim = obs_dim, action_dim, hidden_dim
         self.squash = bool(squash)  # tanh-squashed or clipped actions (distributions.py)
         self.gru = nn.GRU(obs_dim, hidden_dim, batch_first=True)
@@ -54,6 +61,12 @@ class GRUActorCritic(nn.Module):
         out, h_last = self.gru(obs, h.unsqueeze(0).contiguous())  # (B, L, hidden), (1, B, hidden)
         mean = self.mean_head(out)
         return mean, self.log_std.expand_as(mean), self.value_head(out).squeeze(-1), h_last[0]
+
+    @torch.no_grad()
+    def project_(self) -> None:
+        """Clamp the log-std parameter into [log_std_min, log_std_max], in place."""
+        if self.log_std_min is not None or self.log_std_max is not None:
+            self.log_std.clamp_(self.log_std_min, self.log_std_max)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
