@@ -63,21 +63,18 @@ def test_log_std_bounds_are_checked_and_bound_sac_clamp():
     assert SACActorCritic(49, 4, num_tasks=10, hidden_dim=8, num_layers=1).actor.log_std_max == 2.0
 
 
-# MAML-PPO's MLP actor, and RL²-PPO's GRU (its log-std is the policy's own: no separate actor)
-RL2_TINY = ["algorithm=rl2_ppo", "model=gru", "algorithm.update_epochs=2"]
-
-
 @pytest.mark.parametrize("recurrent", [False, True], ids=["mlp", "gru"])
 @pytest.mark.parametrize("bound", [None, 0.0])
 def test_log_std_max_holds_the_log_std_against_an_entropy_bonus(bound, recurrent, tmp_path):
     """ent_coef pushes the state-independent log-std up every outer step (Adam: ~lr per step);
     with model.log_std_max the projection after each step keeps it at the bound."""
     from tests.conftest import TINY, compose_cfg
+    from tests.test_methods import BASE, METHODS
     from train import train
 
     extra = [] if bound is None else [f"model.log_std_max={bound}"]
-    base = ([o for o in TINY if not o.startswith(("algorithm.", "model"))] + RL2_TINY
-            + ["model.hidden_dim=8"] if recurrent else TINY)
+    # MAML-PPO's MLP actor, or RL²-PPO's GRU (its log-std is the policy's own: no actor)
+    base = BASE + METHODS["rl2_ppo"] if recurrent else TINY
     _, objs = train(compose_cfg(base + ["algorithm.ent_coef=10.0", "model.init_log_std=0.0",
                                         *extra], tmp_path))
     policy = objs["module"].policy

@@ -45,6 +45,13 @@ def check_log_std_bounds(low: float | None, high: float | None, init: float | No
                           f"model.log_std_max] = [{low}, {high}]; set it inside")
 
 
+@torch.no_grad()
+def project_log_std_(log_std: torch.Tensor, low: float | None, high: float | None) -> None:
+    """Clamp a state-independent log-std parameter into [low, high] in place (None: no bound)."""
+    if low is not None or high is not None:
+        log_std.clamp_(low, high)
+
+
 class LayerNorm(nn.Module):
     """LayerNorm from elementary ops. torch 2.13's fused `nn.LayerNorm` gives wrong second-order
     gradients under `torch.func.vmap` (measured: up to 2e-4 off a per-task loop, 0.3% off finite
@@ -122,11 +129,9 @@ class GaussianActor(nn.Module):
         mean, log_std = self(obs)
         return D.action_log_prob(mean, log_std, raw_actions, self.action_scale, self.squash)
 
-    @torch.no_grad()
     def project_(self) -> None:
         """Clamp the log-std parameter into [log_std_min, log_std_max], in place."""
-        if self.log_std_min is not None or self.log_std_max is not None:
-            self.log_std.clamp_(self.log_std_min, self.log_std_max)
+        project_log_std_(self.log_std, self.log_std_min, self.log_std_max)
 
 
 class ActorCritic(nn.Module):

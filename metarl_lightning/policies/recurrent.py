@@ -14,7 +14,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from metarl_lightning.policies.actor_critic import check_log_std_bounds
+from metarl_lightning.policies.actor_critic import check_log_std_bounds, project_log_std_
 
 
 class GRUActorCritic(nn.Module):
@@ -62,11 +62,9 @@ class GRUActorCritic(nn.Module):
         mean = self.mean_head(out)
         return mean, self.log_std.expand_as(mean), self.value_head(out).squeeze(-1), h_last[0]
 
-    @torch.no_grad()
     def project_(self) -> None:
         """Clamp the log-std parameter into [log_std_min, log_std_max], in place."""
-        if self.log_std_min is not None or self.log_std_max is not None:
-            self.log_std.clamp_(self.log_std_min, self.log_std_max)
+        project_log_std_(self.log_std, self.log_std_min, self.log_std_max)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
