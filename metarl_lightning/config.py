@@ -113,6 +113,7 @@ class MTPPOConfig(PPOConfig):
 class RL2PPOConfig(PPOConfig):
     _target_: str = "metarl_lightning.algorithms.RL2PPO"
     recurrent_info_in_obs: bool = MISSING
+    bptt_episodes: int | None = MISSING
 
 
 @dataclass

@@ -173,6 +173,39 @@ def test_rl2_gae_runs_across_episodes_and_ends_at_the_trial():
     torch.testing.assert_close(out.returns, expected.expand(T, N))
 
 
+def test_rl2_chunks_unrolled_from_their_sampling_time_states_match_the_whole_trial():
+    """algorithm.bptt_episodes: each chunk starts from the state the whole-trial unroll has there,
+    so the chunked forward pass is the sampling-time one (only the gradient is truncated)."""
+    module = _rl2(45)
+    obs, L = torch.randn(3, 12, 45), 4
+    with torch.no_grad():
+        whole = module.unroll(obs)
+        starts = module.chunk_states(obs, L)  # (3 trials, 3 chunks, hidden)
+        chunks = [module.unroll(obs[:, c * L:(c + 1) * L], starts[:, c]) for c in range(3)]
+        from_zero = torch.cat([module.unroll(obs[:, c * L:(c + 1) * L])[2] for c in range(3)], 1)
+    assert starts.shape == (3, 3, 8) and not starts.requires_grad
+    assert starts[:, 0].abs().sum() == 0 and (starts[:, 1:].abs().sum(-1) > 0).all()
+    for i in range(3):  # mean, log_std, values
+        torch.testing.assert_close(torch.cat([c[i] for c in chunks], 1), whole[i])
+    assert (from_zero[:, L:] - whole[2][:, L:]).abs().max() > 1e-3  # the states matter
+
+
+def test_rl2_bptt_chunks_are_the_update_minibatch_items(tmp_path):
+    """bptt_episodes=1 on 2 trials of 2 episodes: 4 one-episode chunks, so num_minibatches=4
+    takes 4 gradient steps per epoch (whole trials would give min(4, 2) = 2)."""
+    cfg = _cfg(tmp_path, *METHODS["rl2_ppo"], "algorithm.bptt_episodes=1",
+               "algorithm.num_minibatches=4", "trainer.max_steps=1",
+               "callbacks.meta_eval.num_evals=0")
+    metrics, objs = train(cfg)
+    module = objs["module"]
+    assert cfg.benchmark.meta_batch_size * cfg.algorithm.episodes_per_task == 4
+    adam = module.optimizers().optimizer
+    assert {int(adam.state[p]["step"]) for p in module.policy.parameters()} == {
+        cfg.algorithm.update_epochs * 4}
+    for key in ("train/policy_loss", "train/value_loss", "train/grad_norm"):
+        assert torch.isfinite(torch.tensor(metrics[key])), key
+
+
 def test_rl2_evaluation_state_spans_the_round_and_resets_at_init():
     info = mw.describe("ML1", "reach-v3", recurrent_info=True)
     module = _rl2(info.obs_dim)
@@ -216,6 +249,9 @@ def test_multihead_policy_selects_the_head_of_the_one_hot_task():
     (["algorithm=rl2_ppo"], "algorithm=rl2_ppo adapts in a recurrent policy's hidden state; "
                             "add model=gru"),
     (["algorithm=rl2_ppo", "model=gru", "benchmark=mt10"], "runs on ML benchmarks, not MT10"),
+    (["algorithm=rl2_ppo", "model=gru", "algorithm.bptt_episodes=3"],
+     "algorithm.bptt_episodes must be null or a positive divisor of "
+     "algorithm.episodes_per_task=2, got 3; set e.g. algorithm.bptt_episodes=1"),
     (["algorithm=mt_ppo"], "algorithm=mt_ppo runs on MT benchmarks, not ML1; use benchmark=mt10"),
     (["model=multihead_mlp"], "model=multihead_mlp has one head per MT task"),
     (["algorithm=mt_ppo", "benchmark=mt10", "benchmark.use_one_hot=false"],

@@ -9,6 +9,13 @@ inside the trial, so what the policy learns in episode 1 can pay off in episode 
 inner loop (`inner_loop = False`): the collector's one-phase mode gathers one trial per task
 slot and resets the state between trials; the evaluation adapter's `adapt` is a no-op and its
 state resets at `init()` (a new round of test tasks), not between episodes.
+
+The update backpropagates through whole trials by default. With `bptt_episodes=k` it unrolls
+the GRU over chunks of k episodes instead, each chunk starting from the hidden state the policy
+had at that point of the trial at sampling time (computed once per iteration, not
+differentiated): truncated BPTT, as metaworld-algorithms' RL² does with one-episode chunks. The
+forward pass is unchanged (same hidden states, same log-probs); what changes is that minibatches
+can hold many short chunks, so an iteration can take many more gradient steps at the same cost.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import torch
 from metarl_lightning.algorithms import functional as F
 from metarl_lightning.algorithms.base import MetaRLModule, to_device
 from metarl_lightning.algorithms.sampling import RecurrentSampler
+from metarl_lightning.errors import ConfigError
 from metarl_lightning.policies.distributions import action_log_prob, sample_action, to_action
 from metarl_lightning.types import MetaBatch, Params, RecurrentPolicy, Rollout, State
 
@@ -39,7 +47,7 @@ class RL2PPO(MetaRLModule):
         episodes_per_task: int,  # trial length in episodes; read by the DataModule
         recurrent_info_in_obs: bool,  # envs append (a_{t-1}, r_{t-1}, episode start)
         update_epochs: int,
-        num_minibatches: int,  # over the T trials of an iteration (whole trials each)
+        num_minibatches: int,  # over the T trials of an iteration, or their chunks (below)
         clip: float,
         vf_coef: float,
         ent_coef: float,
@@ -49,10 +57,20 @@ class RL2PPO(MetaRLModule):
         gae_lambda: float,
         reward_scale: float,
         max_nonfinite_steps: int,
+        bptt_episodes: int | None,  # None: BPTT over whole trials; k: over chunks of k episodes
     ):
         super().__init__(optimizer, scheduler)
         self.save_hyperparameters(ignore=["policy", "optimizer", "scheduler"])
         self.policy = policy
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        super().check_config(cfg)
+        k, trial = cfg.algorithm.get("bptt_episodes"), cfg.algorithm.episodes_per_task
+        if k is not None and not (isinstance(k, int) and k > 0 and trial % k == 0):
+            raise ConfigError(f"algorithm.bptt_episodes must be null or a positive divisor of "
+                              f"algorithm.episodes_per_task={trial}, got {k}; set e.g. "
+                              f"algorithm.bptt_episodes=1")
 
     # --- MetaLearner protocol ---------------------------------------------------------------
     def sampler(self) -> RecurrentSampler:
@@ -76,12 +94,24 @@ class RL2PPO(MetaRLModule):
         p = self.policy
         return to_action(mean, p.action_scale, p.action_bias, p.squash), state
 
-    def unroll(self, obs: torch.Tensor):
-        """Whole trials from the trial-start state: obs (B, N, obs) -> mean, log_std (B, N, act),
-        values (B, N). Same inputs, same initial state as at sampling time, so the log-probs
-        match the sampling-time ones before the first update (tests/test_methods.py)."""
-        mean, log_std, values, _ = self.policy(obs, self.initial_state(obs.shape[0]))
+    def unroll(self, obs: torch.Tensor, state: State = None):
+        """Whole trials from the trial-start state (or chunks from `state`, (B, hidden)):
+        obs (B, N, obs) -> mean, log_std (B, N, act), values (B, N). Same inputs, same initial
+        state as at sampling time, so the log-probs match the sampling-time ones before the first
+        update (tests/test_methods.py)."""
+        state = self.initial_state(obs.shape[0]) if state is None else state
+        mean, log_std, values, _ = self.policy(obs, state)
         return mean, log_std, values
+
+    @torch.no_grad()
+    def chunk_states(self, obs: torch.Tensor, length: int) -> torch.Tensor:
+        """The hidden state at the start of each `length`-step chunk of the trials obs (T, N, obs),
+        unrolled from the trial-start state: (T, N // length, hidden)."""
+        state, states = self.initial_state(obs.shape[0]), []
+        for start in range(0, obs.shape[1], length):
+            states.append(state)
+            state = self.policy(obs[:, start:start + length], state)[3]
+        return torch.stack(states, 1)
 
     @torch.no_grad()
     def process_rollout(self, rollout: Rollout) -> Rollout:
@@ -101,17 +131,25 @@ class RL2PPO(MetaRLModule):
     # --- training ----------------------------------------------------------------------------
     def update(self, batch: MetaBatch) -> dict:
         trials = self.process_rollout(batch.support)  # one phase: (T, N), one trial per slot
+        T, N = trials.advantages.shape
+        k = self.hparams.bptt_episodes
+        if k is None:  # items: whole trials from the zero state
+            items, starts = trials, self.initial_state(T)
+        else:  # items: (T * N / L) chunks of L steps from their sampling-time states
+            L = N // self.hparams.episodes_per_task * k
+            starts = self.chunk_states(trials.obs, L).flatten(0, 1)
+            items = Rollout(*(v.reshape(T * (N // L), L, *v.shape[2:]) for v in trials))
 
-        def forward(idx: torch.Tensor):  # idx: a minibatch of whole trials
-            mean, log_std, values = self.unroll(trials.obs[idx])  # (B, N, ...)
-            log_probs = action_log_prob(mean, log_std, trials.raw_actions[idx],
+        def forward(idx: torch.Tensor):  # idx: a minibatch of items
+            mean, log_std, values = self.unroll(items.obs[idx], starts[idx])  # (B, L, ...)
+            log_probs = action_log_prob(mean, log_std, items.raw_actions[idx],
                                         self.policy.action_scale, self.policy.squash)
             entropy = F.entropy_bonus(self.hparams.entropy_bonus, mean, log_std,
                                       self.policy.action_scale, self.policy.squash)
-            return (log_probs, trials.log_probs[idx], trials.advantages[idx], values,
-                    trials.returns[idx], entropy)
+            return (log_probs, items.log_probs[idx], items.advantages[idx], values,
+                    items.returns[idx], entropy)
 
-        metrics = self._ppo_epochs(self.optimizers(), trials.obs.shape[0], forward)
+        metrics = self._ppo_epochs(self.optimizers(), items.obs.shape[0], forward)
         metrics["explained_variance"] = F.explained_variance(trials.returns - trials.advantages,
                                                              trials.returns)
         return metrics
