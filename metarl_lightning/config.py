@@ -255,6 +255,8 @@ def added_keys(algorithm: Any) -> dict:
         added["entropy_bonus"] = "gaussian"
     if "outer_epochs" in algorithm and "outer_minibatches" not in algorithm:  # MAML-PPO
         added["outer_minibatches"] = 1  # full-batch epochs
+    if "recurrent_info_in_obs" in algorithm and "bptt_episodes" not in algorithm:  # RL²-PPO
+        added["bptt_episodes"] = None  # BPTT over whole trials
     return added
 
 

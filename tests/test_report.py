@@ -238,8 +238,8 @@ def test_published_checkpoint_leaves_the_replay_buffer_behind(tmp_path):
 def test_committed_rows_load_with_keys_added_since():
     """Every committed results row's checkpoint still builds its module (load_run), keys added
     after it was written filled with what that run did (entropy_bonus: gaussian; MAML-PPO's
-    outer_minibatches: 1)."""
-    from metarl_lightning.checkpoints import load_run
+    outer_minibatches: 1; RL²-PPO's bptt_episodes: None)."""
+    from metarl_lightning.checkpoints import load_run, read_checkpoint
 
     ckpts = sorted(ROOT.glob("results/**/checkpoints/last.ckpt"))
     assert ckpts, "no committed results rows"
@@ -249,3 +249,6 @@ def test_committed_rows_load_with_keys_added_since():
             assert module.hparams.entropy_bonus == "gaussian", ckpt
         if "outer_epochs" in cfg.algorithm:
             assert module.hparams.outer_minibatches == 1, ckpt
+        stored = read_checkpoint(str(ckpt))["run_config"]
+        if "recurrent_info_in_obs" in cfg.algorithm and "bptt_episodes" not in stored["algorithm"]:
+            assert module.hparams.bptt_episodes is None, ckpt  # whole-trial BPTT, as it ran
