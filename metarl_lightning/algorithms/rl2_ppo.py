@@ -103,15 +103,21 @@ class RL2PPO(MetaRLModule):
         mean, log_std, values, _ = self.policy(obs, state)
         return mean, log_std, values
 
-    @torch.no_grad()
     def chunk_states(self, obs: torch.Tensor, length: int) -> torch.Tensor:
         """The hidden state at the start of each `length`-step chunk of the trials obs (T, N, obs),
         unrolled from the trial-start state: (T, N // length, hidden)."""
-        state, states = self.initial_state(obs.shape[0]), []
+        return self._unroll_chunks(obs, length)[0]
+
+    @torch.no_grad()
+    def _unroll_chunks(self, obs: torch.Tensor, length: int):
+        """One pass over the trials in `length`-step chunks: the chunk-start states
+        (T, N // length, hidden) and the values (T, N), the whole-trial unroll's."""
+        state, states, values = self.initial_state(obs.shape[0]), [], []
         for start in range(0, obs.shape[1], length):
             states.append(state)
-            state = self.policy(obs[:, start:start + length], state)[3]
-        return torch.stack(states, 1)
+            _, _, v, state = self.policy(obs[:, start:start + length], state)
+            values.append(v)
+        return torch.stack(states, 1), torch.cat(values, 1)
 
     @torch.no_grad()
     def process_rollout(self, rollout: Rollout) -> Rollout:
@@ -120,7 +126,9 @@ class RL2PPO(MetaRLModule):
         next episode's first observation, which the policy sees next), and only the trial's end
         is terminal. `rollout` holds exactly one trial per task: (T, episodes * H)."""
         r = to_device(rollout, self.device)
-        _, _, values = self.unroll(r.obs)  # (T, N)
+        return self._with_gae(r, self.unroll(r.obs)[2])
+
+    def _with_gae(self, r: Rollout, values: torch.Tensor) -> Rollout:
         next_values = torch.cat([values[:, 1:], torch.zeros_like(values[:, :1])], 1)
         trial_end = torch.zeros_like(values)
         trial_end[:, -1] = 1.0
@@ -130,14 +138,18 @@ class RL2PPO(MetaRLModule):
 
     # --- training ----------------------------------------------------------------------------
     def update(self, batch: MetaBatch) -> dict:
-        trials = self.process_rollout(batch.support)  # one phase: (T, N), one trial per slot
-        T, N = trials.advantages.shape
         k = self.hparams.bptt_episodes
         if k is None:  # items: whole trials from the zero state
-            items, starts = trials, self.initial_state(T)
+            trials = self.process_rollout(batch.support)  # one phase: (T, N), one trial per slot
+            items, starts = trials, self.initial_state(trials.obs.shape[0])
         else:  # items: (T * N / L) chunks of L steps from their sampling-time states
+            r = to_device(batch.support, self.device)
+            T, N = r.rewards.shape
             L = N // self.hparams.episodes_per_task * k
-            starts = self.chunk_states(trials.obs, L).flatten(0, 1)
+            with torch.no_grad():  # one pass gives the states and process_rollout's values
+                states, values = self._unroll_chunks(r.obs, L)
+                trials = self._with_gae(r, values)
+            starts = states.flatten(0, 1)
             items = Rollout(*(v.reshape(T * (N // L), L, *v.shape[2:]) for v in trials))
 
         def forward(idx: torch.Tensor):  # idx: a minibatch of items
