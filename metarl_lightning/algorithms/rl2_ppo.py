@@ -138,19 +138,17 @@ class RL2PPO(MetaRLModule):
 
     # --- training ----------------------------------------------------------------------------
     def update(self, batch: MetaBatch) -> dict:
+        # items: (T * N / L) chunks of L steps from their sampling-time states; bptt_episodes
+        # null = one chunk per trial (L = N) from the trial-start state. One no-grad pass gives
+        # the chunk-start states and the values for GAE (process_rollout's).
+        r = to_device(batch.support, self.device)  # one phase: (T, N), one trial per slot
+        T, N = r.rewards.shape
         k = self.hparams.bptt_episodes
-        if k is None:  # items: whole trials from the zero state
-            trials = self.process_rollout(batch.support)  # one phase: (T, N), one trial per slot
-            items, starts = trials, self.initial_state(trials.obs.shape[0])
-        else:  # items: (T * N / L) chunks of L steps from their sampling-time states
-            r = to_device(batch.support, self.device)
-            T, N = r.rewards.shape
-            L = N // self.hparams.episodes_per_task * k
-            with torch.no_grad():  # one pass gives the states and process_rollout's values
-                states, values = self._unroll_chunks(r.obs, L)
-                trials = self._with_gae(r, values)
-            starts = states.flatten(0, 1)
-            items = Rollout(*(v.reshape(T * (N // L), L, *v.shape[2:]) for v in trials))
+        L = N if k is None else N // self.hparams.episodes_per_task * k
+        states, values = self._unroll_chunks(r.obs, L)
+        trials = self._with_gae(r, values)
+        starts = states.flatten(0, 1)
+        items = Rollout(*(v.reshape(T * (N // L), L, *v.shape[2:]) for v in trials))
 
         def forward(idx: torch.Tensor):  # idx: a minibatch of items
             mean, log_std, values = self.unroll(items.obs[idx], starts[idx])  # (B, L, ...)
