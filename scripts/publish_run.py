@@ -12,8 +12,11 @@ re-evaluate it with one command, and nothing machine-specific:
   exactly; the row's README says so),
 - `eval.json` (evaluate.py's report; its `ckpt_path` rewritten to the copied checkpoint, relative
   to the repository root),
-- `.hydra/config.yaml` and `.hydra/overrides.yaml` (the resolved config and the command line),
-- `csv/metrics.csv` (the training curves),
+- `.hydra/config.yaml` and `.hydra/overrides.yaml` (the resolved config and the command line) as
+  the run first wrote them (`.hydra/first/` of a run resumed in its own dir),
+- `csv/metrics.csv` (the training curves), and `train.log` and `chain.log` where the run has them,
+- `eval_train_split.json`: where the run has `eval_train/eval.json`, the same checkpoint scored on
+  the training tasks (`evaluate.py ... split=train hydra.run.dir=RUN_DIR/eval_train`), or `--eval-train`,
 - `README.md`: the train and evaluate commands, the code commit, the scores.
 
 `python -m metarl_lightning.report results/...` reads these directories like run dirs.
@@ -34,8 +37,14 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 
+def hydra_dir(run_dir: Path) -> Path:
+    """The run's first `.hydra/` (hydra_callbacks.KeepFirstConfig keeps it on a resume)."""
+    first = run_dir / ".hydra" / "first"
+    return first if (first / "config.yaml").is_file() else run_dir / ".hydra"
+
+
 def train_command(run_dir: Path) -> str:
-    overrides = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text()) or []
+    overrides = yaml.safe_load((hydra_dir(run_dir) / "overrides.yaml").read_text()) or []
     # Where the run wrote is this machine's business, not the recipe's.
     keep = [o for o in overrides if not o.startswith(("hydra.run.dir=", "ckpt_path="))]
     return " ".join(["python train.py", *keep])
@@ -74,23 +83,45 @@ def _tensors(obj):
             yield from _tensors(v)
 
 
-def publish(run_dir: Path, dest: Path, eval_json: Path | None = None, code_dir: Path | None = None,
-            note: str = "") -> dict:
-    run_dir = run_dir.resolve()
-    ckpt = run_dir / "checkpoints" / "last.ckpt"
-    eval_json = eval_json or run_dir / "eval" / "eval.json"
-    for need in (ckpt, eval_json, run_dir / ".hydra" / "config.yaml", run_dir / "csv" / "metrics.csv"):
-        if not need.exists():
-            raise SystemExit(f"error: {need} is missing; publish a finished run evaluated with "
-                             f"evaluate.py ckpt_path={ckpt} hydra.run.dir={run_dir / 'eval'}")
+def _read_eval(eval_json: Path, ckpt: Path) -> dict:
     report = json.loads(eval_json.read_text())
     if Path(report["ckpt_path"]).resolve() != ckpt:
         raise SystemExit(f"error: {eval_json} scored {report['ckpt_path']}, not {ckpt}; "
-                         "evaluate last.ckpt, or pass --eval with its eval.json")
+                         "evaluate last.ckpt, or pass --eval/--eval-train with its eval.json")
+    return report
+
+
+def _summary(report: dict) -> str:
+    per_task = sorted(report["per_task"].items(), key=lambda kv: (-kv[1], kv[0]))
+    return ", ".join(f"{k} {v:.3f}" for k, v in per_task)
+
+
+def publish(run_dir: Path, dest: Path, eval_json: Path | None = None, code_dir: Path | None = None,
+            note: str = "", eval_train: Path | None = None) -> dict:
+    run_dir = run_dir.resolve()
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    eval_json = eval_json or run_dir / "eval" / "eval.json"
+    if eval_train is None and (run_dir / "eval_train" / "eval.json").is_file():
+        eval_train = run_dir / "eval_train" / "eval.json"
+    config_dir = hydra_dir(run_dir)
+    for need in (ckpt, eval_json, config_dir / "config.yaml", run_dir / "csv" / "metrics.csv",
+                 *([eval_train] if eval_train else [])):
+        if not need.exists():
+            raise SystemExit(f"error: {need} is missing; publish a finished run evaluated with "
+                             f"evaluate.py ckpt_path={ckpt} hydra.run.dir={run_dir / 'eval'}")
+    report = _read_eval(eval_json, ckpt)
+    train_report = _read_eval(eval_train, ckpt) if eval_train else None
+    if train_report is not None and train_report["split"] != "train":
+        raise SystemExit(f"error: {eval_train} is a {train_report['split']}-split evaluation; pass "
+                         "the eval.json of evaluate.py ... split=train")
     dest.mkdir(parents=True, exist_ok=True)
-    for rel in (".hydra/config.yaml", ".hydra/overrides.yaml", "csv/metrics.csv"):
+    copies = {config_dir / "config.yaml": ".hydra/config.yaml",
+              config_dir / "overrides.yaml": ".hydra/overrides.yaml",
+              run_dir / "csv" / "metrics.csv": "csv/metrics.csv"}
+    copies.update({run_dir / f: f for f in ("train.log", "chain.log") if (run_dir / f).is_file()})
+    for src, rel in copies.items():
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(run_dir / rel, dest / rel)
+        shutil.copy2(src, dest / rel)
     dropped = copy_checkpoint(ckpt, dest / "checkpoints" / "last.ckpt")
     if dropped:
         note = (f"The replay buffer ({dropped / 1e6:.0f} MB) is not in this checkpoint: it "
@@ -102,6 +133,15 @@ def publish(run_dir: Path, dest: Path, eval_json: Path | None = None, code_dir: 
         pass
     report["ckpt_path"] = str(ckpt_rel)
     (dest / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
+    if train_report is not None:
+        train_report["ckpt_path"] = str(ckpt_rel)
+        (dest / "eval_train_split.json").write_text(json.dumps(train_report, indent=2) + "\n")
+        protocol = train_report.get("protocol", {})
+        rounds = f" eval.num_evals={protocol['num_evals']}" if "num_evals" in protocol else ""
+        note = (f"On the **training** tasks (`eval_train_split.json`):\n\n    python evaluate.py "
+                f"ckpt_path={ckpt_rel} split=train{rounds}\n\nscores **{train_report['success_rate']:.3f}** "
+                f"({_summary(train_report)}; mean return {train_report.get('return', float('nan')):.1f}).\n\n"
+                + note)
     per_task = "\n".join(f"| {k} | {v:.3f} |" for k, v in sorted(report["per_task"].items()))
     commit = code_commit(code_dir or REPO)
     (dest / "README.md").write_text(
@@ -126,10 +166,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("run_dir", type=Path)
     p.add_argument("dest", type=Path, help="results/<benchmark>/<method>/seed<k>")
     p.add_argument("--eval", type=Path, default=None, help="eval.json (default RUN_DIR/eval/eval.json)")
+    p.add_argument("--eval-train", type=Path, default=None,
+                   help="eval.json of split=train (default RUN_DIR/eval_train/eval.json if it exists)")
     p.add_argument("--code-dir", type=Path, default=None, help="checkout the run's code came from")
     p.add_argument("--note", default="", help="a line for the row's README (e.g. machine load)")
     a = p.parse_args(argv)
-    r = publish(a.run_dir, a.dest, a.eval, a.code_dir, a.note)
+    r = publish(a.run_dir, a.dest, a.eval, a.code_dir, a.note, a.eval_train)
     print(f"{a.dest}: success {r['success_rate']:.3f} at {r['env_steps_trained']:,} env steps")
 
 

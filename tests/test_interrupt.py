@@ -68,3 +68,25 @@ def test_progress_bar_counts_the_runs_iterations_after_a_resume(monkeypatch):
     assert (bar.train_progress_bar.n, bar.train_progress_bar.total) == (114, 2000)
     assert bar.train_progress_bar.desc.startswith("Iteration")
     bar.on_train_end(trainer)
+
+
+def test_a_resume_in_the_runs_own_dir_keeps_its_first_config(tmp_path, forked_python):
+    """Hydra rewrites <run dir>/.hydra/ with the resuming command; the config the run started with
+    is kept in .hydra/first/ (conf/train.yaml: hydra.callbacks.keep_first_config), once."""
+    hydra_dir = tmp_path / ".hydra"
+    hydra_dir.mkdir()
+    (hydra_dir / "overrides.yaml").write_text("- seed=7\n- algorithm.lr=0.5\n")
+    (hydra_dir / "config.yaml").write_text("seed: 7\n")
+    run = lambda *args: forked_python.run("train.py", [*args, f"hydra.run.dir={tmp_path}"],  # noqa: E731
+                                          timeout=120)
+    # stops at validation (exit 2, nothing trained), after Hydra wrote .hydra/: enough here
+    proc = run("trainer.max_steps=0")  # not a resume: Hydra's own behaviour, nothing kept
+    assert proc.returncode == 2 and not (hydra_dir / "first").exists(), proc.stderr[-2000:]
+    (hydra_dir / "overrides.yaml").write_text("- seed=7\n- algorithm.lr=0.5\n")  # the run's start
+    (hydra_dir / "config.yaml").write_text("seed: 7\n")
+    for ckpt in ("/no/first.ckpt", "/no/second.ckpt"):
+        proc = run(f"ckpt_path={ckpt}")
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert f"ckpt_path={ckpt}" in (hydra_dir / "overrides.yaml").read_text()  # Hydra's rewrite
+        assert (hydra_dir / "first" / "overrides.yaml").read_text() == "- seed=7\n- algorithm.lr=0.5\n"
+        assert (hydra_dir / "first" / "config.yaml").read_text() == "seed: 7\n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import sys
 
 import numpy as np
@@ -213,6 +214,30 @@ def test_published_row_keeps_its_eval_and_reports_like_a_run(tiny_cfg, tmp_path)
     results = report_main([str(tmp_path / "results"), "--out", str(tmp_path / "r")])
     (group,) = results
     assert results[group]["source"] == "eval" and results[group]["mean"] == pytest.approx(0.4)
+
+    # resumed in its own dir: Hydra rewrote .hydra/, KeepFirstConfig kept the start in .hydra/first/
+    shutil.copytree(run_dir / ".hydra", run_dir / ".hydra" / "first")
+    (run_dir / ".hydra" / "overrides.yaml").write_text(
+        "- experiment=ml1_cpu\n- seed=3\n- trainer.max_steps=9\n- ckpt_path=/somewhere/last.ckpt\n")
+    (run_dir / "chain.log").write_text("start\n")
+    _fake_eval(run_dir / "eval_train", run_dir, 0.7, {"reach-v3": 0.7})
+    with pytest.raises(SystemExit, match="test-split evaluation; pass the eval.json of"):
+        publish(run_dir, tmp_path / "results2" / "x")  # eval_train/ must hold split=train
+    data = json.loads((run_dir / "eval_train" / "eval.json").read_text())
+    (run_dir / "eval_train" / "eval.json").write_text(json.dumps({
+        **data, "split": "train", "protocol": {"num_evals": 3}}))
+    dest = tmp_path / "results2" / "ml1" / "reach-v3" / "maml_ppo" / "seed3"
+    publish(run_dir, dest)
+    readme = (dest / "README.md").read_text()
+    assert "python train.py experiment=ml1_cpu seed=3\n" in readme  # the first command
+    assert (dest / ".hydra" / "overrides.yaml").read_text() == \
+        (run_dir / ".hydra" / "first" / "overrides.yaml").read_text()
+    assert (dest / "chain.log").read_text() == "start\n"
+    on_train = json.loads((dest / "eval_train_split.json").read_text())
+    assert on_train["split"] == "train" and on_train["success_rate"] == 0.7
+    assert on_train["ckpt_path"] == json.loads((dest / "eval.json").read_text())["ckpt_path"]
+    assert on_train["ckpt_path"].endswith("results2/ml1/reach-v3/maml_ppo/seed3/checkpoints/last.ckpt")
+    assert "split=train eval.num_evals=3\n\nscores **0.700** (reach-v3 0.700" in readme
 
 
 def test_published_checkpoint_leaves_the_replay_buffer_behind(tmp_path):
