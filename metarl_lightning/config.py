@@ -59,9 +59,11 @@ class GRUModelConfig:
     hidden_dim: int = 128
     init_log_std: float = 0.0
     squash: bool = True
-    # Bounds of the state-independent log-std (null: none), kept by projection as for the MLPs
+    # Bounds of the log-std (null: none): the parameter's kept by projection as for the MLPs,
+    # the head's output clamped
     log_std_min: float | None = None
     log_std_max: float | None = None
+    std_type: str = "parameter"  # parameter | head (policies/recurrent.py)
 
 
 # --- algorithm schemas: keys and types only. Each default lives in ONE place, the method's

@@ -34,6 +34,8 @@ METHODS = {  # name -> overrides of a tiny run on the benchmark it is meant for
     "mt_ppo_multihead": ["algorithm=mt_ppo", "benchmark=mt1", "model=multihead_mlp"],
     # Gaussian actions clipped to the box (model.squash=false) through sampling, update, protocol
     "rl2_ppo_clipped": ["algorithm=rl2_ppo", "model=gru", "model.squash=false"],
+    # a state-dependent log-std (the GRU state's linear head) through the same path
+    "rl2_ppo_std_head": ["algorithm=rl2_ppo", "model=gru", "model.std_type=head"],
     "mt_ppo_clipped": ["algorithm=mt_ppo", "benchmark=mt1", "model.squash=false"],
 }
 
@@ -315,7 +317,7 @@ def test_meta_sgd_learns_its_inner_learning_rates_in_training(tiny_cfg):
     assert metrics["train/inner_lr_mean"] != pytest.approx(0.1, abs=1e-7)
 
 
-@pytest.mark.parametrize("name", ["ml1_rl2_cpu", "mt10_mt_ppo_cpu"])
+@pytest.mark.parametrize("name", ["ml1_rl2_cpu", "mt10_mt_ppo_cpu", "ml10_rl2_stdhead"])
 def test_method_experiment_files_compose_and_validate(name, tmp_path):
     cfg = compose_cfg([f"experiment={name}"], tmp_path)
     schema.validate(cfg)

@@ -63,6 +63,31 @@ def test_log_std_bounds_are_checked_and_bound_sac_clamp():
     assert SACActorCritic(49, 4, num_tasks=10, hidden_dim=8, num_layers=1).actor.log_std_max == 2.0
 
 
+def test_gru_std_head_reads_the_hidden_state_and_is_clamped_to_its_bounds():
+    """model.std_type=head: the log-std is a function of the GRU state (so it can change over a
+    trial), starts near init_log_std everywhere, learns, and stays inside the bounds."""
+    torch.manual_seed(0)
+    policy = GRUActorCritic(45, 4, hidden_dim=8, init_log_std=-0.5, std_type="head")
+    assert not hasattr(policy, "log_std")
+    obs = torch.randn(3, 6, 45)
+    mean, log_std, _, _ = policy(obs, policy.initial_state(3))
+    assert log_std.shape == mean.shape == (3, 6, 4)
+    assert torch.allclose(log_std, torch.full_like(log_std, -0.5), atol=0.1)
+    assert log_std.std() > 1e-4  # not one value for all states and steps
+    log_std.sum().backward()
+    assert policy.log_std_head.weight.grad.abs().sum() > 0
+    bounded = GRUActorCritic(45, 4, hidden_dim=8, std_type="head", log_std_min=-1.0,
+                             log_std_max=0.5)
+    for bias, bound in ((5.0, 0.5), (-5.0, -1.0)):
+        with torch.no_grad():
+            bounded.log_std_head.bias.fill_(bias)
+        _, log_std, _, _ = bounded(obs, bounded.initial_state(3))
+        assert torch.all(log_std == bound)
+    bounded.project_()  # no parameter to project: a no-op
+    with pytest.raises(ConfigError, match="model.std_type='mlp' is not one of parameter, head"):
+        GRUActorCritic(45, 4, hidden_dim=8, std_type="mlp")
+
+
 @pytest.mark.parametrize("recurrent", [False, True], ids=["mlp", "gru"])
 @pytest.mark.parametrize("bound", [None, 0.0])
 def test_log_std_max_holds_the_log_std_against_an_entropy_bonus(bound, recurrent, tmp_path):

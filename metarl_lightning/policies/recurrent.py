@@ -14,7 +14,10 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from metarl_lightning.errors import ConfigError
 from metarl_lightning.policies.actor_critic import check_log_std_bounds, project_log_std_
+
+STD_TYPES = ("parameter", "head")
 
 
 class GRUActorCritic(nn.Module):
@@ -23,12 +26,16 @@ class GRUActorCritic(nn.Module):
     def __init__(self, obs_dim: int, action_dim: int, hidden_dim: int = 128,
                  init_log_std: float = 0.0, action_low: float = -1.0, action_high: float = 1.0,
                  squash: bool = True, log_std_min: float | None = None,
-                 log_std_max: float | None = None):
+                 log_std_max: float | None = None, std_type: str = "parameter"):
         super().__init__()
-        # Bounds of the state-independent log-std (None: unbounded), kept by projection after
-        # each optimiser step (`project_`), as policies.GaussianActor does for the MLP models.
+        if std_type not in STD_TYPES:
+            raise ConfigError(f"model.std_type={std_type!r} is not one of {', '.join(STD_TYPES)}; "
+                              "set model.std_type=parameter (state-independent) or head")
+        # Bounds of the log-std (None: unbounded): the parameter is kept inside by projection
+        # after each optimiser step (`project_`), as policies.GaussianActor does for the MLP
+        # models; the head's output is clamped.
         check_log_std_bounds(log_std_min, log_std_max, init_log_std)
-        self.log_std_min, self.log_std_max = log_std_min, log_std_max
+        self.log_std_min, self.log_std_max, self.std_type = log_std_min, log_std_max, std_type
         self.obs_dim, self.action_dim, self.hidden_dim = obs_dim, action_dim, hidden_dim
         self.squash = bool(squash)  # tanh-squashed or clipped actions (distributions.py)
         self.gru = nn.GRU(obs_dim, hidden_dim, batch_first=True)
@@ -46,25 +53,38 @@ class GRUActorCritic(nn.Module):
         for head, gain in ((self.mean_head, 0.01), (self.value_head, 1.0)):
             nn.init.orthogonal_(head.weight, gain)
             nn.init.zeros_(head.bias)
-        self.log_std = nn.Parameter(torch.full((action_dim,), float(init_log_std)))
+        if std_type == "head":  # starts at init_log_std in every state, as the parameter does
+            self.log_std_head = nn.Linear(hidden_dim, action_dim)
+            nn.init.orthogonal_(self.log_std_head.weight, 0.01)
+            nn.init.constant_(self.log_std_head.bias, float(init_log_std))
+        else:
+            self.log_std = nn.Parameter(torch.full((action_dim,), float(init_log_std)))
         low = torch.full((action_dim,), float(action_low))
         high = torch.full((action_dim,), float(action_high))
         self.register_buffer("action_scale", (high - low) / 2)
         self.register_buffer("action_bias", (high + low) / 2)
 
     def initial_state(self, batch: int) -> torch.Tensor:
-        return torch.zeros(batch, self.hidden_dim, device=self.log_std.device)  # (B, hidden)
+        return torch.zeros(batch, self.hidden_dim, device=self.mean_head.weight.device)  # (B, hidden)
 
     def forward(self, obs: torch.Tensor, h: torch.Tensor):
         """obs (B, L, obs), h (B, hidden) -> mean (B, L, act), log_std (B, L, act), value (B, L),
         h after the last step (B, hidden). L=1 per env step; L = a whole trial in the update."""
         out, h_last = self.gru(obs, h.unsqueeze(0).contiguous())  # (B, L, hidden), (1, B, hidden)
         mean = self.mean_head(out)
-        return mean, self.log_std.expand_as(mean), self.value_head(out).squeeze(-1), h_last[0]
+        if self.std_type == "head":
+            log_std = self.log_std_head(out)
+            if self.log_std_min is not None or self.log_std_max is not None:
+                log_std = log_std.clamp(self.log_std_min, self.log_std_max)
+        else:
+            log_std = self.log_std.expand_as(mean)
+        return mean, log_std, self.value_head(out).squeeze(-1), h_last[0]
 
     def project_(self) -> None:
-        """Clamp the log-std parameter into [log_std_min, log_std_max], in place."""
-        project_log_std_(self.log_std, self.log_std_min, self.log_std_max)
+        """Clamp the log-std parameter into [log_std_min, log_std_max], in place (the head's
+        output is clamped in `forward` instead)."""
+        if self.std_type == "parameter":
+            project_log_std_(self.log_std, self.log_std_min, self.log_std_max)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
