@@ -6,9 +6,11 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 
 from metarl_lightning.envs.benchmarks import ACTION_DIM, BenchmarkInfo, describe
+from metarl_lightning.errors import ConfigError
 
 
 def recurrent_info_in_obs(cfg: Any) -> bool:
@@ -41,5 +43,17 @@ def build_module(cfg: Any, info: BenchmarkInfo):
         sizes.update(extra, _target_=f"{model_cls.__module__}.{model_cls.__qualname__}")
     if "num_tasks" in inspect.signature(model_cls).parameters:
         sizes["num_tasks"] = len(info.train_classes)
-    policy = instantiate(cfg.model, **sizes)
-    return instantiate(cfg.algorithm, policy=policy)
+    policy = _instantiate(cfg.model, **sizes)
+    return _instantiate(cfg.algorithm, policy=policy)
+
+
+def _instantiate(node: Any, **kwargs):
+    """hydra's instantiate, with a ConfigError a constructor raises (e.g. model.log_std_min >=
+    log_std_max) passed on as itself: train.py reports it as one line, not as Hydra's
+    multi-line InstantiationException around it."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as e:
+        if isinstance(e.__cause__, ConfigError):
+            raise e.__cause__ from None
+        raise

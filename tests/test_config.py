@@ -56,6 +56,9 @@ BAD_INPUT = [
     (["trainer.max_steps=0"], "trainer.max_steps must be > 0"),
     (["algorithm.entropy_bonus=sqashed"], "set e.g. algorithm.entropy_bonus=squashed"),
     (["ckpt_path=/no/such.ckpt"], "ckpt_path '/no/such.ckpt' does not exist"),
+    # raised by the model's constructor, inside hydra's instantiate
+    (["model.log_std_min=0.5", "model.log_std_max=0.0"], "model.log_std_min=0.5 must be < model."),
+    (["algorithm=rl2_ppo", "model=gru", "model.std_type=mlp"], "set model.std_type=parameter"),
 ]
 
 
