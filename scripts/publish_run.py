@@ -34,14 +34,12 @@ from pathlib import Path
 import torch
 import yaml
 
-from metarl_lightning.hydra_callbacks import FIRST
-
 REPO = Path(__file__).resolve().parents[1]
 
 
 def hydra_dir(run_dir: Path) -> Path:
     """The run's first `.hydra/` (hydra_callbacks.KeepFirstConfig keeps it on a resume)."""
-    first = run_dir / ".hydra" / FIRST
+    first = run_dir / ".hydra" / "first"
     return first if (first / "config.yaml").is_file() else run_dir / ".hydra"
 
 
