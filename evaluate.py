@@ -19,7 +19,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from metarl_lightning import config as _schema  # noqa: F401  (registers eval_schema)
+from metarl_lightning import config as _schema  # registers eval_schema; check_eval
 from metarl_lightning import runlog
 from metarl_lightning.build import benchmark_info
 from metarl_lightning.checkpoints import load_run
@@ -34,6 +34,7 @@ runlog.quiet_warnings()  # before the env workers start
 
 def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
     runlog.setup_logging()
+    _schema.check_eval(cfg.eval)
     overrides = {k: v for k, v in OmegaConf.to_container(cfg.benchmark).items() if v is not None}
     module, run_cfg, ckpt = load_run(cfg.ckpt_path, overrides)
     b, e = run_cfg.benchmark, cfg.eval

@@ -321,9 +321,28 @@ def validate(cfg: Any) -> None:
     for key, value in positive.items():
         if value is None or value <= 0:
             raise ConfigError(f"{key} must be > 0, got {value}; set e.g. {key}=<positive value>")
+    check_eval(cfg.eval)
     if cfg.ckpt_path is not None and not os.path.isfile(cfg.ckpt_path):
         raise ConfigError(f"ckpt_path {cfg.ckpt_path!r} does not exist; pass the path of a .ckpt "
                           "file, e.g. ckpt_path=outputs/train/<run>/checkpoints/last.ckpt")
+
+
+def check_eval(e: Any) -> None:
+    """The protocol's counts (`eval.*`, for train.py's callbacks and evaluate.py). 0 adaptation
+    episodes is allowed: it scores the policy before any adaptation, the baseline that the
+    protocol's 10 are compared with."""
+    from metarl_lightning.types import ConfigError
+
+    least = {"eval.adaptation_episodes": 0, "eval.evaluation_episodes": 1, "eval.mt_episodes": 1,
+             "eval.num_evals": 1}
+    for key, low in least.items():
+        value = e.get(key.split(".")[1])
+        if key == "eval.num_evals" and value is None:
+            continue  # the protocol's coverage
+        if value < low:
+            raise ConfigError(f"{key} must be >= {low}, got {value}; set e.g. {key}="
+                              f"{max(low, 1)}" + (" or null (the protocol's coverage)"
+                                                  if key == "eval.num_evals" else ""))
 
 
 def world_size(trainer: Any) -> int | None:

@@ -59,7 +59,23 @@ BAD_INPUT = [
     # raised by the model's constructor, inside hydra's instantiate
     (["model.log_std_min=0.5", "model.log_std_max=0.0"], "model.log_std_min=0.5 must be < model."),
     (["algorithm=rl2_ppo", "model=gru", "model.std_type=mlp"], "set model.std_type=parameter"),
+    (["eval.evaluation_episodes=0"], "eval.evaluation_episodes must be >= 1, got 0"),
 ]
+
+
+@pytest.mark.parametrize("key,value,expected", [
+    ("adaptation_episodes", -1, "eval.adaptation_episodes must be >= 0, got -1"),
+    ("num_evals", 0, "eval.num_evals must be >= 1, got 0; set e.g. eval.num_evals=1 or null"),
+    ("mt_episodes", 0, "eval.mt_episodes must be >= 1"),
+])
+def test_protocol_counts_are_checked(key, value, expected, tmp_path):
+    cfg = compose_cfg([], tmp_path)
+    schema.check_eval(cfg.eval)  # the defaults pass, 0 adaptation episodes too
+    cfg.eval.adaptation_episodes = 0
+    schema.check_eval(cfg.eval)
+    cfg.eval[key] = value
+    with pytest.raises(ConfigError, match=expected.replace(".", r"\.")):
+        schema.check_eval(cfg.eval)
 
 
 @pytest.mark.parametrize("args,expected", BAD_INPUT)

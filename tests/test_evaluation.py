@@ -60,6 +60,22 @@ def test_evaluator_follows_the_protocol_on_tiny_splits(tiny_cfg, bench, extra):
     assert result.per_task_rounds["reach-v3"] == pytest.approx(result.per_round)
 
 
+def test_zero_adaptation_episodes_scores_the_unadapted_policy(tiny_cfg):
+    """eval.adaptation_episodes=0: the protocol's evaluation episodes only (what the policy does
+    before adapting, the baseline for the protocol's 10; README "Usage")."""
+    cfg = tiny_cfg("benchmark=ml1", "trainer.max_steps=1")
+    _, objs = train(cfg)
+    info = mw.describe("ML1", "reach-v3", cfg.benchmark.use_one_hot, max_episode_steps=10)
+    evaluator = Evaluator(info, "train", seed=3, meta_batch_size=5, num_evals=2,
+                          adaptation_episodes=0, evaluation_episodes=1, vector_strategy="sync")
+    try:
+        result = evaluator.run(objs["module"])
+    finally:
+        evaluator.close()
+    assert 0.0 <= result.success_rate <= 1.0 and len(result.per_round) == 2
+    assert 0 < result.env_steps <= 5 * 2 * 1 * 10  # no adaptation episode was stepped
+
+
 def test_resume_reproduces_the_uninterrupted_run_exactly(tiny_cfg, tmp_path):
     # the default collector (rollout workers): its per-slot noise generators and env state
     # travel in the checkpoint. One worker holding both slots (each spawned worker costs ~8 s
