@@ -9,7 +9,8 @@ Prints, and writes to `<out>/report.md`:
 - one row per run: seed, env steps, final meta-test `val/success_rate` (the callback's protocol
   run at the end of training), evaluate.py's success if any, last training success;
 - one row per config: the score per seed, its mean, the 95% stratified-bootstrap CI of the mean
-  and the IQM (interquartile mean over runs x tasks) from rliable (Agarwal et al. 2021).
+  and the IQM (interquartile mean over runs x tasks) from rliable (Agarwal et al. 2021);
+- one row per config and task (benchmarks of several tasks): the score per seed and its mean.
 The score is evaluate.py's success when every run of the group has one (the full protocol),
 otherwise the callback's final val/success_rate (`--score` forces one). `<out>/curves.png`:
 success against env steps, mean over seeds with a 95% bootstrap band, pre/post adaptation,
@@ -148,16 +149,16 @@ def aggregate(scores: np.ndarray, reps: int = 2000) -> dict:
     return out
 
 
-def run_score(run: Run, source: str) -> tuple[float, list[float]] | None:
-    """(success, per-task success) of a run from evaluate.py ('eval') or the callback ('val')."""
+def run_score(run: Run, source: str) -> tuple[float, dict[str, float]] | None:
+    """(success, {task: success}) of a run from evaluate.py ('eval') or the callback ('val');
+    a score without a per-task breakdown is its own single task, "all"."""
     if source == "eval":
         e = run.eval
-        return (e["success_rate"], list(e["per_task"].values())) if e else None
+        return (e["success_rate"], dict(e["per_task"])) if e else None
     val = run.last("val/success_rate")
     if val is None:
         return None
-    per_task = list(run.final_val_per_task().values())
-    return val, per_task or [val]
+    return val, run.final_val_per_task() or {"all": val}
 
 
 # --- report -------------------------------------------------------------------------------------
@@ -186,7 +187,7 @@ def build_report(runs: list[Run], score: str = "auto") -> tuple[str, dict]:
         groups.setdefault(r.group, []).append(r)
     lines += ["", "| config | score | seeds | per seed | mean | 95% CI (mean) | IQM | 95% CI (IQM) |",
               "|---|---|---|---|---|---|---|---|"]
-    results = {}
+    results, per_task = {}, []
     for g, members in sorted(groups.items()):
         members.sort(key=lambda r: r.seed)
         source = score if score != "auto" else (
@@ -195,8 +196,10 @@ def build_report(runs: list[Run], score: str = "auto") -> tuple[str, dict]:
         if not scored:
             lines.append(f"| {g} | {source} | 0 | – | – | – | – | – |")
             continue
-        n_tasks = min(len(s[1]) for _, s in scored)
-        matrix = np.array([s[1][:n_tasks] for _, s in scored])  # (runs, tasks)
+        tasks = [t for t in scored[0][1][1] if all(t in s[1] for _, s in scored)]
+        matrix = np.array([[s[1][t] for t in tasks] for _, s in scored])  # (runs, tasks)
+        if not tasks:  # the seeds name no task in common: their overall scores alone
+            tasks, matrix = ["all"], np.array([[s[0]] for _, s in scored])
         agg = aggregate(matrix)
         agg.update(source=source, seeds=[r.seed for r, _ in scored],
                    values=[s[0] for _, s in scored])
@@ -204,8 +207,17 @@ def build_report(runs: list[Run], score: str = "auto") -> tuple[str, dict]:
         per_seed = ", ".join(f"s{r.seed}: {s[0]:.3f}" for r, s in scored)
         lines.append(f"| {g} | {source} | {len(scored)} | {per_seed} | **{agg['mean']:.3f}** | "
                      f"{_ci(agg['mean_ci'])} | {agg['iqm']:.3f} | {_ci(agg['iqm_ci'])} |")
+        if len(tasks) > 1:
+            per_task.append((g, source, [r.seed for r, _ in scored], tasks, matrix))
     lines += ["", "score: `eval` = evaluate.py (full protocol), `val` = final meta-test of the "
               "training callback. CI: stratified bootstrap over runs (rliable), 95%."]
+    if per_task:
+        lines += ["", "Per task (the same score; mean over seeds):", "",
+                  "| config | task | per seed | mean |", "|---|---|---|---|"]
+        for g, source, seeds, tasks, matrix in per_task:
+            for j, t in enumerate(tasks):
+                each = ", ".join(f"s{seed}: {v:.3f}" for seed, v in zip(seeds, matrix[:, j]))
+                lines.append(f"| {g} ({source}) | {t} | {each} | {matrix[:, j].mean():.3f} |")
     return "\n".join(lines), results
 
 

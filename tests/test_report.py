@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from metarl_lightning.evaluation.plots import plot_seed_curves
 from metarl_lightning.loggers import build_loggers, config_group, run_name
-from metarl_lightning.report import Run, aggregate, bootstrap_band, curve_groups, load_runs
+from metarl_lightning.report import Run, aggregate, bootstrap_band, build_report, curve_groups, load_runs
 from metarl_lightning.report import main as report_main
 from tests.conftest import ROOT, compose_cfg
 from train import train
@@ -171,6 +171,24 @@ def test_aggregate_ci_is_the_same_for_the_same_runs_and_leaves_the_global_rng_al
     after = np.random.random()
     np.random.seed(6)
     assert np.random.random() == after  # the caller's RNG stream is untouched
+
+
+def test_per_task_table_matches_tasks_by_name_and_averages_over_seeds(tmp_path):
+    """The per-class rows the README quotes: tasks matched by name (evaluate.py may list them in
+    any order), mean over seeds; a task only one seed has is left out of both tables."""
+    def run(seed, per_task):
+        e = {"success_rate": float(np.mean(list(per_task.values()))), "per_task": per_task,
+             "_mtime": 0.0}
+        return Run(tmp_path / f"s{seed}", "g", seed, [{"train/env_steps": "10"}], [e])
+
+    runs = [run(1, {"door-close-v3": 0.2, "lever-pull-v3": 0.0, "only-here": 1.0}),
+            run(2, {"lever-pull-v3": 0.4, "door-close-v3": 0.0})]
+    text, results = build_report(runs)
+    assert results["g"]["source"] == "eval" and results["g"]["values"] == pytest.approx([0.4, 0.2])
+    assert results["g"]["mean"] == pytest.approx(np.mean([0.2, 0.0, 0.0, 0.4]))  # runs x tasks
+    assert "| g (eval) | door-close-v3 | s1: 0.200, s2: 0.000 | 0.100 |" in text
+    assert "| g (eval) | lever-pull-v3 | s1: 0.000, s2: 0.400 | 0.200 |" in text
+    assert "only-here" not in text
 
 
 def test_report_rejects_paths_without_runs(tmp_path):
