@@ -333,16 +333,13 @@ def check_eval(e: Any) -> None:
     protocol's 10 are compared with."""
     from metarl_lightning.types import ConfigError
 
-    least = {"eval.adaptation_episodes": 0, "eval.evaluation_episodes": 1, "eval.mt_episodes": 1,
-             "eval.num_evals": 1}
-    for key, low in least.items():
-        value = e.get(key.split(".")[1])
-        if key == "eval.num_evals" and value is None:
-            continue  # the protocol's coverage
-        if value < low:
-            raise ConfigError(f"{key} must be >= {low}, got {value}; set e.g. {key}="
-                              f"{max(low, 1)}" + (" or null (the protocol's coverage)"
-                                                  if key == "eval.num_evals" else ""))
+    if e.num_evals is not None and e.num_evals < 1:
+        raise ConfigError(f"eval.num_evals must be >= 1, got {e.num_evals}; set e.g. "
+                          "eval.num_evals=1 or null (the protocol's coverage)")
+    for key, low in (("adaptation_episodes", 0), ("evaluation_episodes", 1), ("mt_episodes", 1)):
+        if e[key] < low:
+            raise ConfigError(f"eval.{key} must be >= {low}, got {e[key]}; set e.g. "
+                              f"eval.{key}={max(low, 1)}")
 
 
 def world_size(trainer: Any) -> int | None:

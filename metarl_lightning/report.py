@@ -196,8 +196,9 @@ def build_report(runs: list[Run], score: str = "auto") -> tuple[str, dict]:
         if not scored:
             lines.append(f"| {g} | {source} | 0 | – | – | – | – | – |")
             continue
-        tasks = [t for t in scored[0][1][1] if all(t in s[1] for _, s in scored)]
-        matrix = np.array([[s[1][t] for t in tasks] for _, s in scored])  # (runs, tasks)
+        per_run = [s[1] for _, s in scored]  # {task: success} of each seed
+        tasks = [t for t in per_run[0] if all(t in p for p in per_run)]
+        matrix = np.array([[p[t] for t in tasks] for p in per_run])  # (runs, tasks)
         if not tasks:  # the seeds name no task in common: their overall scores alone
             tasks, matrix = ["all"], np.array([[s[0]] for _, s in scored])
         agg = aggregate(matrix)
@@ -208,7 +209,7 @@ def build_report(runs: list[Run], score: str = "auto") -> tuple[str, dict]:
         lines.append(f"| {g} | {source} | {len(scored)} | {per_seed} | **{agg['mean']:.3f}** | "
                      f"{_ci(agg['mean_ci'])} | {agg['iqm']:.3f} | {_ci(agg['iqm_ci'])} |")
         if len(tasks) > 1:
-            per_task.append((g, source, [r.seed for r, _ in scored], tasks, matrix))
+            per_task.append((g, source, agg["seeds"], tasks, matrix))
     lines += ["", "score: `eval` = evaluate.py (full protocol), `val` = final meta-test of the "
               "training callback. CI: stratified bootstrap over runs (rliable), 95%."]
     if per_task:
