@@ -116,6 +116,7 @@ class RL2PPOConfig(PPOConfig):
     _target_: str = "metarl_lightning.algorithms.RL2PPO"
     recurrent_info_in_obs: bool = MISSING
     bptt_episodes: int | None = MISSING
+    task_reward_norm: float | None = MISSING
 
 
 @dataclass
@@ -259,6 +260,8 @@ def added_keys(algorithm: Any) -> dict:
         added["outer_minibatches"] = 1  # full-batch epochs
     if "recurrent_info_in_obs" in algorithm and "bptt_episodes" not in algorithm:  # RL²-PPO
         added["bptt_episodes"] = None  # BPTT over whole trials
+    if "recurrent_info_in_obs" in algorithm and "task_reward_norm" not in algorithm:  # RL²-PPO
+        added["task_reward_norm"] = None  # one reward_scale for every task
     return added
 
 

@@ -55,6 +55,8 @@ BAD_INPUT = [
     (["benchmark.env_name=reach-v9"], "needs benchmark.env_name set to a Meta-World v3 task"),
     (["trainer.max_steps=0"], "trainer.max_steps must be > 0"),
     (["algorithm.entropy_bonus=sqashed"], "set e.g. algorithm.entropy_bonus=squashed"),
+    (["algorithm=rl2_ppo", "model=gru", "algorithm.task_reward_norm=1.5"],
+     "algorithm.task_reward_norm must be null or a decay in (0, 1), got 1.5"),
     (["ckpt_path=/no/such.ckpt"], "ckpt_path '/no/such.ckpt' does not exist"),
     # raised by the model's constructor, inside hydra's instantiate
     (["model.log_std_min=0.5", "model.log_std_max=0.0"], "model.log_std_min=0.5 must be < model."),

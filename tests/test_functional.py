@@ -187,3 +187,11 @@ def test_normalize_per_task():
     y = F.normalize(x, dim=-1)
     torch.testing.assert_close(y[0], y[1])
     torch.testing.assert_close(y.mean(-1), torch.zeros(2), atol=1e-6, rtol=0)
+
+
+def test_task_reward_scales_give_every_task_the_mean_of_the_means():
+    means = torch.tensor([1.0, 4.0, 0.0])  # the last task scores nothing: floored
+    scales = F.task_reward_scales(means, floor=0.5)
+    floored = torch.tensor([1.0, 4.0, 0.5])
+    torch.testing.assert_close(scales * floored, floored.mean().expand(3))
+    torch.testing.assert_close(scales, torch.tensor([5.5 / 3, 5.5 / 12, 5.5 / 1.5]))

@@ -103,11 +103,11 @@ class Recorder:
         return Recording(inner.module)
 
 
-def _rl2(obs_dim, seed=0):
+def _rl2(obs_dim, seed=0, **overrides):
     torch.manual_seed(seed)
     policy = GRUActorCritic(obs_dim, 4, hidden_dim=8)
     return RL2PPO(policy, optimizer=functools.partial(torch.optim.Adam, lr=1e-3),
-                  **algorithm_kwargs("rl2_ppo"))
+                  **algorithm_kwargs("rl2_ppo", **overrides))
 
 
 def _ml1_recurrent_envs(tasks=2, horizon=5):
@@ -173,6 +173,61 @@ def test_rl2_gae_runs_across_episodes_and_ends_at_the_trial():
     # gamma = lambda = 1: the return-to-go of the whole trial, across the episode boundary.
     expected = torch.arange(N, 0, -1, dtype=torch.float32) * module.hparams.reward_scale
     torch.testing.assert_close(out.returns, expected.expand(T, N))
+
+
+def test_rl2_task_reward_norm_rescales_each_slot_to_the_mean_of_the_running_means():
+    """algorithm.task_reward_norm=d: slot i's rewards are multiplied by mean_j(m_j) / m_i, m the
+    bias-corrected EMA (decay d per iteration) of each slot's mean per-step reward; the
+    statistics travel in the checkpoint."""
+    module = _rl2(45, task_reward_norm=0.5)
+    module.hparams.gamma, module.hparams.gae_lambda = 1.0, 1.0
+    T, N = 2, 4
+    z = torch.zeros(T, N)
+    dones = z.clone()
+    dones[:, -1] = 1.0
+
+    def trial(r0, r1):
+        rewards = torch.tensor([[r0] * N, [r1] * N])
+        return Rollout(obs=torch.randn(T, N, 45), next_obs=torch.randn(T, N, 45),
+                       raw_actions=torch.zeros(T, N, 4), log_probs=z, rewards=rewards,
+                       terminated=z, dones=dones)
+
+    assert module.slot_reward_scales() is None  # nothing seen yet: reward_scale alone
+    module.observe_slot_rewards(trial(1.0, 4.0).rewards)
+    torch.testing.assert_close(module.slot_reward_scales(), torch.tensor([2.5, 0.625]))
+    module.observe_slot_rewards(trial(3.0, 4.0).rewards)
+    # EMA: 0.5 * (0.5 * [1, 4]) + 0.5 * [3, 4] = [1.75, 3], over 1 - 0.5^2: [7/3, 4]
+    m = torch.tensor([7 / 3, 4.0])
+    torch.testing.assert_close(module.slot_reward_scales(), m.mean() / m)
+    out = module.process_rollout(trial(2.0, 2.0))  # equal raw rewards, unequal scales
+    expected = (torch.arange(N, 0, -1) * 2.0 * module.hparams.reward_scale)[None] * (m.mean() / m)[:, None]
+    torch.testing.assert_close(out.returns, expected.float())
+
+    checkpoint = {}
+    module.on_save_checkpoint(checkpoint)
+    fresh = _rl2(45, task_reward_norm=0.5)
+    fresh.on_load_checkpoint(checkpoint)
+    torch.testing.assert_close(fresh.slot_reward_scales(), module.slot_reward_scales())
+    with pytest.raises(ConfigError, match="resume with the same benchmark.meta_batch_size"):
+        fresh.observe_slot_rewards(torch.ones(3, N))
+
+
+def test_rl2_task_reward_norm_trains_and_resumes_exactly(tmp_path):
+    """The statistics are part of the exact resume: without them in the checkpoint the resumed
+    run's scales, advantages and losses would differ from the uninterrupted run's."""
+    method = METHODS["rl2_ppo"] + ["algorithm.task_reward_norm=0.5",
+                                   "callbacks.meta_eval.num_evals=0"]
+    metrics, _ = train(_cfg(tmp_path, *method, "trainer.max_steps=3"))
+    assert 0 < metrics["train/task_reward_scale_min"] <= 1 <= metrics["train/task_reward_scale_max"]
+    reference = _train_rows(tmp_path / "csv" / "metrics.csv")
+    first, second = tmp_path / "first", tmp_path / "second"
+    train(compose_cfg(BASE + method + ["trainer.max_steps=3",
+                                       "+callbacks.stop._target_=tests.test_evaluation.StopAtStep",
+                                       "+callbacks.stop.step=1"], first))
+    ckpt = first / "checkpoints" / "last.ckpt"
+    assert torch.load(ckpt, weights_only=False)["slot_reward_ema"]["updates"] == 1
+    train(compose_cfg(BASE + method + ["trainer.max_steps=3", f"ckpt_path={ckpt}"], second))
+    assert _train_rows(second / "csv" / "metrics.csv") == reference[1:]
 
 
 def test_rl2_chunks_unrolled_from_their_sampling_time_states_match_the_whole_trial():
@@ -317,7 +372,8 @@ def test_meta_sgd_learns_its_inner_learning_rates_in_training(tiny_cfg):
     assert metrics["train/inner_lr_mean"] != pytest.approx(0.1, abs=1e-7)
 
 
-@pytest.mark.parametrize("name", ["ml1_rl2_cpu", "mt10_mt_ppo_cpu", "ml10_rl2_stdhead"])
+@pytest.mark.parametrize("name", ["ml1_rl2_cpu", "mt10_mt_ppo_cpu", "ml10_rl2_stdhead",
+                                  "ml10_rl2_tbptt_rnorm"])
 def test_method_experiment_files_compose_and_validate(name, tmp_path):
     cfg = compose_cfg([f"experiment={name}"], tmp_path)
     schema.validate(cfg)

@@ -281,7 +281,7 @@ def test_published_checkpoint_leaves_the_replay_buffer_behind(tmp_path):
 def test_committed_rows_load_with_keys_added_since():
     """Every committed results row's checkpoint still builds its module (load_run), keys added
     after it was written filled with what that run did (entropy_bonus: gaussian; MAML-PPO's
-    outer_minibatches: 1; RL²-PPO's bptt_episodes: None)."""
+    outer_minibatches: 1; RL²-PPO's bptt_episodes and task_reward_norm: None)."""
     from metarl_lightning.checkpoints import load_run, read_checkpoint
 
     ckpts = sorted(ROOT.glob("results/**/checkpoints/last.ckpt"))
@@ -295,3 +295,6 @@ def test_committed_rows_load_with_keys_added_since():
         stored = read_checkpoint(str(ckpt))["run_config"]
         if "recurrent_info_in_obs" in cfg.algorithm and "bptt_episodes" not in stored["algorithm"]:
             assert module.hparams.bptt_episodes is None, ckpt  # whole-trial BPTT, as it ran
+        rl2 = "recurrent_info_in_obs" in cfg.algorithm
+        if rl2 and "task_reward_norm" not in stored["algorithm"]:
+            assert module.hparams.task_reward_norm is None, ckpt  # one reward_scale, as it ran

@@ -87,6 +87,15 @@ def entropy_bonus(kind: str, mean: torch.Tensor, log_std: torch.Tensor, scale: t
     return squashed_entropy(mean, log_std.expand_as(mean), scale, noise).mean()
 
 
+def task_reward_scales(task_means: torch.Tensor, floor: float = 1e-3) -> torch.Tensor:
+    """Per-task reward multipliers (`algorithm.task_reward_norm`): task i's rewards times
+    scales[i] have the mean over tasks of the tasks' mean per-step rewards as their mean, so every
+    task weighs alike in batch-normalised advantages and the overall reward scale is kept.
+    Meta-World rewards are >= 0; `floor` bounds the multiplier of a task that scores ~0."""
+    means = task_means.clamp_min(floor)
+    return means.mean() / means
+
+
 def explained_variance(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     var = target.var()
     return 1.0 - (target - pred).var() / var if var > 0 else torch.tensor(float("nan"))

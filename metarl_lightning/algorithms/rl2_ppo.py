@@ -58,10 +58,15 @@ class RL2PPO(MetaRLModule):
         reward_scale: float,
         max_nonfinite_steps: int,
         bptt_episodes: int | None,  # None: BPTT over whole trials; k: over chunks of k episodes
+        task_reward_norm: float | None,  # None: one reward_scale; d: per-slot scales (below)
     ):
         super().__init__(optimizer, scheduler)
         self.save_hyperparameters(ignore=["policy", "optimizer", "scheduler"])
         self.policy = policy
+        # task_reward_norm: each task slot's mean per-step reward, an EMA over iterations
+        # (decay d, `updates` for the bias correction); saved in checkpoints (exact resume)
+        self._slot_reward_ema: torch.Tensor | None = None
+        self._slot_reward_updates = 0
 
     @classmethod
     def check_config(cls, cfg) -> None:
@@ -71,6 +76,10 @@ class RL2PPO(MetaRLModule):
             raise ConfigError(f"algorithm.bptt_episodes must be null or a positive divisor of "
                               f"algorithm.episodes_per_task={trial}, got {k}; set e.g. "
                               f"algorithm.bptt_episodes=1")
+        d = cfg.algorithm.get("task_reward_norm")
+        if d is not None and not (isinstance(d, float) and 0.0 < d < 1.0):
+            raise ConfigError(f"algorithm.task_reward_norm must be null or a decay in (0, 1), "
+                              f"got {d}; set e.g. algorithm.task_reward_norm=0.9")
 
     # --- MetaLearner protocol ---------------------------------------------------------------
     def sampler(self) -> RecurrentSampler:
@@ -126,15 +135,60 @@ class RL2PPO(MetaRLModule):
         next episode's first observation, which the policy sees next), and only the trial's end
         is terminal. `rollout` holds exactly one trial per task: (T, episodes * H)."""
         r = to_device(rollout, self.device)
-        return self._with_gae(r, self.unroll(r.obs)[2])
+        return self._with_gae(r, self.unroll(r.obs)[2], self.slot_reward_scales())
 
-    def _with_gae(self, r: Rollout, values: torch.Tensor) -> Rollout:
+    def _with_gae(self, r: Rollout, values: torch.Tensor,
+                  slot_scales: torch.Tensor | None = None) -> Rollout:
         next_values = torch.cat([values[:, 1:], torch.zeros_like(values[:, :1])], 1)
         trial_end = torch.zeros_like(values)
         trial_end[:, -1] = 1.0
-        adv = F.gae(r.rewards * self.hparams.reward_scale, values, next_values, trial_end,
-                    trial_end, self.hparams.gamma, self.hparams.gae_lambda)
+        rewards = r.rewards * self.hparams.reward_scale
+        if slot_scales is not None:
+            rewards = rewards * slot_scales[:, None]
+        adv = F.gae(rewards, values, next_values, trial_end, trial_end, self.hparams.gamma,
+                    self.hparams.gae_lambda)
         return r._replace(advantages=adv, returns=adv + values)
+
+    # --- algorithm.task_reward_norm ----------------------------------------------------------
+    # Meta-World's classes pay very different rewards per step, and advantages are normalised
+    # over the whole batch, so with one reward_scale the high-paying classes set the gradient.
+    # With a decay d, slot i's rewards are also multiplied by F.task_reward_scales of the slots'
+    # running mean per-step rewards: every slot's mean becomes the mean over slots. A slot keeps
+    # its task class for the whole run (envs.task_ids), so this is a per-class normalisation
+    # (as RL2-implementation-pytorch's per-env reward normalisation).
+    def observe_slot_rewards(self, rewards: torch.Tensor) -> None:
+        """Fold one iteration's rewards (T, N) into the slots' running means."""
+        if self._trainer is not None and self.trainer.world_size > 1:
+            raise ConfigError("algorithm.task_reward_norm keeps per-slot statistics in one "
+                              "process; set algorithm.task_reward_norm=null or trainer.devices=1")
+        d, x = self.hparams.task_reward_norm, rewards.mean(1).double().cpu()
+        ema = torch.zeros_like(x) if self._slot_reward_ema is None else self._slot_reward_ema
+        if ema.shape != x.shape:
+            raise ConfigError(f"task_reward_norm: {x.shape[0]} task slots, the statistics "
+                              f"hold {ema.shape[0]}; resume with the same benchmark.meta_batch_size")
+        self._slot_reward_ema = d * ema + (1 - d) * x
+        self._slot_reward_updates += 1
+
+    def slot_reward_scales(self) -> torch.Tensor | None:
+        """(T,) reward multipliers from the running means, or None (off, or nothing seen yet)."""
+        if self.hparams.task_reward_norm is None or self._slot_reward_ema is None:
+            return None
+        unbiased = self._slot_reward_ema / (1 - self.hparams.task_reward_norm
+                                            ** self._slot_reward_updates)
+        return F.task_reward_scales(unbiased).float().to(self.device)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        if self._slot_reward_ema is not None:
+            checkpoint["slot_reward_ema"] = {"ema": self._slot_reward_ema.tolist(),
+                                             "updates": self._slot_reward_updates}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        saved = checkpoint.get("slot_reward_ema")
+        if saved is not None:
+            self._slot_reward_ema = torch.tensor(saved["ema"], dtype=torch.float64)
+            self._slot_reward_updates = int(saved["updates"])
 
     # --- training ----------------------------------------------------------------------------
     def update(self, batch: MetaBatch) -> dict:
@@ -146,7 +200,10 @@ class RL2PPO(MetaRLModule):
         k = self.hparams.bptt_episodes
         L = N if k is None else N // self.hparams.episodes_per_task * k
         states, values = self._unroll_chunks(r.obs, L)
-        trials = self._with_gae(r, values)
+        if self.hparams.task_reward_norm is not None:
+            self.observe_slot_rewards(r.rewards)
+        scales = self.slot_reward_scales()
+        trials = self._with_gae(r, values, scales)
         starts = states.flatten(0, 1)
         items = Rollout(*(v.reshape(T * (N // L), L, *v.shape[2:]) for v in trials))
 
@@ -162,4 +219,6 @@ class RL2PPO(MetaRLModule):
         metrics = self._ppo_epochs(self.optimizers(), items.obs.shape[0], forward)
         metrics["explained_variance"] = F.explained_variance(trials.returns - trials.advantages,
                                                              trials.returns)
+        if scales is not None:
+            metrics.update(task_reward_scale_min=scales.min(), task_reward_scale_max=scales.max())
         return metrics
