@@ -284,17 +284,19 @@ def test_committed_rows_load_with_keys_added_since():
     outer_minibatches: 1; RL²-PPO's bptt_episodes and task_reward_norm: None)."""
     from metarl_lightning.checkpoints import load_run, read_checkpoint
 
-    ckpts = sorted(ROOT.glob("results/**/checkpoints/last.ckpt"))
+    ckpts = sorted(ROOT.glob("results/**/checkpoints/last.ckpt"))  # in_progress/ included
     assert ckpts, "no committed results rows"
+    filled = 0
     for ckpt in ckpts:
         module, cfg, _ = load_run(str(ckpt))
-        if "ent_coef" in cfg.algorithm:
-            assert module.hparams.entropy_bonus == "gaussian", ckpt
-        if "outer_epochs" in cfg.algorithm:
-            assert module.hparams.outer_minibatches == 1, ckpt
-        stored = read_checkpoint(str(ckpt))["run_config"]
-        if "recurrent_info_in_obs" in cfg.algorithm and "bptt_episodes" not in stored["algorithm"]:
-            assert module.hparams.bptt_episodes is None, ckpt  # whole-trial BPTT, as it ran
-        rl2 = "recurrent_info_in_obs" in cfg.algorithm
-        if rl2 and "task_reward_norm" not in stored["algorithm"]:
-            assert module.hparams.task_reward_norm is None, ckpt  # one reward_scale, as it ran
+        stored = read_checkpoint(str(ckpt))["run_config"]["algorithm"]
+        ppo, rl2 = "ent_coef" in cfg.algorithm, "recurrent_info_in_obs" in cfg.algorithm
+        checks = [(ppo, "entropy_bonus", "gaussian"),
+                  ("outer_epochs" in cfg.algorithm, "outer_minibatches", 1),
+                  (rl2, "bptt_episodes", None),  # whole-trial BPTT, as it ran
+                  (rl2, "task_reward_norm", None)]  # one reward_scale, as it ran
+        for applies, key, value in checks:
+            if applies and key not in stored:
+                assert module.hparams[key] == value, (ckpt, key)
+                filled += 1
+    assert filled > 0  # some committed run predates a key (the rows of 2026-12-06 and before)
