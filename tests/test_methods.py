@@ -175,6 +175,20 @@ def test_rl2_gae_runs_across_episodes_and_ends_at_the_trial():
     torch.testing.assert_close(out.returns, expected.expand(T, N))
 
 
+def _straight_and_resumed(tmp_path, method):
+    """3 iterations in one run (in tmp_path), and 1 iteration + a resume to 3 from its checkpoint:
+    (the straight run's last metrics, its train/* rows, the resumed run's rows, the checkpoint)."""
+    metrics, _ = train(_cfg(tmp_path, *method, "trainer.max_steps=3"))
+    first, second = tmp_path / "first", tmp_path / "second"
+    train(compose_cfg(BASE + method + ["trainer.max_steps=3",
+                                       "+callbacks.stop._target_=tests.test_evaluation.StopAtStep",
+                                       "+callbacks.stop.step=1"], first))
+    ckpt = first / "checkpoints" / "last.ckpt"
+    train(compose_cfg(BASE + method + ["trainer.max_steps=3", f"ckpt_path={ckpt}"], second))
+    return (metrics, _train_rows(tmp_path / "csv" / "metrics.csv"),
+            _train_rows(second / "csv" / "metrics.csv"), ckpt)
+
+
 def test_rl2_task_reward_norm_rescales_each_slot_to_the_mean_of_the_running_means():
     """algorithm.task_reward_norm=d: slot i's rewards are multiplied by mean_j(m_j) / m_i, m the
     bias-corrected EMA (decay d per iteration) of each slot's mean per-step reward; the
@@ -217,17 +231,10 @@ def test_rl2_task_reward_norm_trains_and_resumes_exactly(tmp_path):
     run's scales, advantages and losses would differ from the uninterrupted run's."""
     method = METHODS["rl2_ppo"] + ["algorithm.task_reward_norm=0.5",
                                    "callbacks.meta_eval.num_evals=0"]
-    metrics, _ = train(_cfg(tmp_path, *method, "trainer.max_steps=3"))
+    metrics, reference, resumed, ckpt = _straight_and_resumed(tmp_path, method)
     assert 0 < metrics["train/task_reward_scale_min"] <= 1 <= metrics["train/task_reward_scale_max"]
-    reference = _train_rows(tmp_path / "csv" / "metrics.csv")
-    first, second = tmp_path / "first", tmp_path / "second"
-    train(compose_cfg(BASE + method + ["trainer.max_steps=3",
-                                       "+callbacks.stop._target_=tests.test_evaluation.StopAtStep",
-                                       "+callbacks.stop.step=1"], first))
-    ckpt = first / "checkpoints" / "last.ckpt"
     assert torch.load(ckpt, weights_only=False)["slot_reward_ema"]["updates"] == 1
-    train(compose_cfg(BASE + method + ["trainer.max_steps=3", f"ckpt_path={ckpt}"], second))
-    assert _train_rows(second / "csv" / "metrics.csv") == reference[1:]
+    assert resumed == reference[1:]
 
 
 def test_rl2_chunks_unrolled_from_their_sampling_time_states_match_the_whole_trial():
@@ -338,16 +345,8 @@ def test_train_py_mismatch_is_one_error_line(tmp_path):
 
 
 def test_rl2_checkpoint_resumes_exactly_and_evaluates_with_evaluate_py(tmp_path, forked_python):
-    method = METHODS["rl2_ppo"]
-    train(_cfg(tmp_path, *method, "trainer.max_steps=3"))
-    reference = _train_rows(tmp_path / "csv" / "metrics.csv")
-    first, second = tmp_path / "first", tmp_path / "second"
-    train(compose_cfg(BASE + method + ["trainer.max_steps=3",
-                                       "+callbacks.stop._target_=tests.test_evaluation.StopAtStep",
-                                       "+callbacks.stop.step=1"], first))
-    ckpt = first / "checkpoints" / "last.ckpt"
-    train(compose_cfg(BASE + method + ["trainer.max_steps=3", f"ckpt_path={ckpt}"], second))
-    assert _train_rows(second / "csv" / "metrics.csv") == reference[1:]
+    _, reference, resumed, _ = _straight_and_resumed(tmp_path, METHODS["rl2_ppo"])
+    assert resumed == reference[1:]
 
     last = tmp_path / "checkpoints" / "last.ckpt"
     module, run_cfg, _ = load_run(str(last))
