@@ -7,6 +7,7 @@ import functools
 import json
 import subprocess
 import sys
+import types
 
 import gymnasium as gym
 import pytest
@@ -224,6 +225,9 @@ def test_rl2_task_reward_norm_rescales_each_slot_to_the_mean_of_the_running_mean
     torch.testing.assert_close(fresh.slot_reward_scales(), module.slot_reward_scales())
     with pytest.raises(ConfigError, match="resume with the same benchmark.meta_batch_size"):
         fresh.observe_slot_rewards(torch.ones(3, N))
+    fresh._trainer = types.SimpleNamespace(world_size=2)  # DDP: refused before any collection
+    with pytest.raises(ConfigError, match="set algorithm.task_reward_norm=null or trainer.devices=1"):
+        fresh.on_fit_start()
 
 
 def test_rl2_task_reward_norm_trains_and_resumes_exactly(tmp_path):

@@ -156,11 +156,14 @@ class RL2PPO(MetaRLModule):
     # running mean per-step rewards: every slot's mean becomes the mean over slots. A slot keeps
     # its task class for the whole run (envs.task_ids), so this is a per-class normalisation
     # (as RL2-implementation-pytorch's per-env reward normalisation).
-    def observe_slot_rewards(self, rewards: torch.Tensor) -> None:
-        """Fold one iteration's rewards (T, N) into the slots' running means."""
-        if self._trainer is not None and self.trainer.world_size > 1:
+    def on_fit_start(self) -> None:
+        # Here, before the first collection: the world size is known once the trainer runs.
+        if self.hparams.task_reward_norm is not None and self.trainer.world_size > 1:
             raise ConfigError("algorithm.task_reward_norm keeps per-slot statistics in one "
                               "process; set algorithm.task_reward_norm=null or trainer.devices=1")
+
+    def observe_slot_rewards(self, rewards: torch.Tensor) -> None:
+        """Fold one iteration's rewards (T, N) into the slots' running means."""
         d, x = self.hparams.task_reward_norm, rewards.mean(1).double().cpu()
         ema = torch.zeros_like(x) if self._slot_reward_ema is None else self._slot_reward_ema
         if ema.shape != x.shape:
