@@ -224,7 +224,8 @@ def build_report(runs: list[Run], score: str = "auto") -> tuple[str, dict]:
 
 def curve_groups(runs: list[Run], k: int = 10) -> dict[str, dict]:
     """Per config: seeds' smoothed pre/post training success on a common env-step grid (the
-    shortest run's), and their meta-test points at the env steps all seeds share."""
+    shortest run's), their meta-test points at the env steps all seeds share, and evaluate.py's
+    score where every seed has one at the same env steps."""
     groups: dict[str, list[Run]] = {}
     for r in runs:
         groups.setdefault(r.group, []).append(r)
@@ -243,8 +244,14 @@ def curve_groups(runs: list[Run], k: int = 10) -> dict[str, dict]:
                   else np.zeros((0, len(grid))) for key in curves}
         tests = [dict(zip(*series(r.rows, "val/success_rate", "val/env_steps"))) for r in members]
         shared = sorted(set.intersection(*(set(t) for t in tests))) if tests else []
+        # evaluate.py's full-protocol score, where every seed has one at the same env steps
+        evals = [r.eval for r in members]
+        at = {e.get("env_steps_trained") for e in evals if e}
+        full = all(evals) and len(at) == 1 and None not in at
         out[g] = {"x": grid, "pre": interp["train/success_pre"], "post": interp["train/success_post"],
                   "test_x": np.array(shared), "test": np.array([[t[s] for s in shared] for t in tests]),
+                  "eval_x": np.array(sorted(at) if full else []),
+                  "eval": np.array([[e["success_rate"]] if full else [] for e in evals]),
                   "band": bootstrap_band}
     return out
 

@@ -83,8 +83,15 @@ def test_curves_of_a_method_without_pre_adaptation_rows(tmp_path):
             Run(tmp_path / "c", "maml", 1, _rows(steps, ["train/success_post", "train/success_pre"])),
             Run(tmp_path / "d", "mixed", 1, _rows(steps, ["train/success_post", "train/success_pre"])),
             Run(tmp_path / "e", "mixed", 2, _rows(steps, ["train/success_post"]))]
+    # evaluate.py scores: both sac seeds at the same env steps (a star with a CI), the mixed
+    # seeds at different env steps (no star: they would not be one point), maml none
+    for r, (score, at) in zip([runs[0], runs[1], runs[3], runs[4]],
+                              [(0.2, 300), (0.4, 300), (0.5, 400), (0.1, 300)]):
+        r.evals = [{"success_rate": score, "env_steps_trained": at, "_mtime": 0.0}]
     groups = curve_groups(runs, k=1)
     sac, maml, mixed = groups["sac"], groups["maml"], groups["mixed"]
+    assert list(sac["eval_x"]) == [300] and sac["eval"].tolist() == [[0.2], [0.4]]
+    assert list(mixed["eval_x"]) == [] and list(maml["eval_x"]) == []
     assert list(sac["x"]) == [100, 200, 300]  # the shortest seed's grid
     assert sac["post"].shape == (2, 3) and sac["pre"].shape == (0, 3)
     assert sac["post"][0] == pytest.approx([0.25, 0.5, 0.75])

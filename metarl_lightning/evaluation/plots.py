@@ -76,9 +76,10 @@ def plot_learning_curves(metrics_csv: str | Path, out_png: str | Path, title: st
 def plot_seed_curves(groups: dict[str, dict], out_png: str | Path) -> None:
     """groups: {label: {"x": (T,), "pre": (S, T) or (0, T) for runs without adaptation,
     "post": (S, T), "test_x": (V,),
-    "test": (S, V), "band": fn((S, T)) -> (lo, hi)}}: per config, the seeds' smoothed training
-    success on a common env-step grid and their meta-test points. Mean line, band = the 95%
-    bootstrap CI of the mean over seeds (none for one seed)."""
+    "test": (S, V), optional "eval_x": (E,), "eval": (S, E), "band": fn((S, T)) -> (lo, hi)}}: per
+    config, the seeds' smoothed training success on a common env-step grid, their meta-test points
+    and evaluate.py's score (a star). Mean line, band = the 95% bootstrap CI of the mean over seeds
+    (none for one seed)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -96,19 +97,29 @@ def plot_seed_curves(groups: dict[str, dict], out_png: str | Path) -> None:
                         label="pre-adaptation (train)")
             if n > 1:
                 ax.fill_between(g["x"], *g["band"](g["post"]), color=c, alpha=0.2, lw=0)
+        # points drawn with ax.plot, their CI bars unlabelled: the legend then lists each config's
+        # entries together, in drawing order (errorbar containers would all go last)
         if len(g["test_x"]):
             mean = g["test"].mean(0)
+            ax.plot(g["test_x"], mean, "o--", color=c, label=test_label)
             if n > 1:
                 lo, hi = g["band"](g["test"])
-                ax.errorbar(g["test_x"], mean, yerr=[mean - lo, hi - mean], fmt="o--", color=c,
-                            capsize=3, label=test_label)
-            else:
-                ax.plot(g["test_x"], mean, "o--", color=c, label=test_label)
+                ax.errorbar(g["test_x"], mean, yerr=[mean - lo, hi - mean], fmt="none", ecolor=c,
+                            capsize=3)
+        if len(g.get("eval_x", ())):  # the score a results row reports: evaluate.py, full protocol
+            mean = g["eval"].mean(0)
+            ax.plot(g["eval_x"], mean, "*", ms=12, mec="k", color=c,
+                    label="evaluate.py on last.ckpt (full protocol)")
+            if n > 1:
+                lo, hi = g["band"](g["eval"])
+                ax.errorbar(g["eval_x"], mean, yerr=[mean - lo, hi - mean], fmt="none", ecolor=c,
+                            capsize=3)
     ax.set(xlabel="env steps", ylabel="success rate", ylim=(-0.02, 1.02),
            title="mean over seeds, band: 95% bootstrap CI")
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=110)
+    # Beside the axes, not on them: with 5+ configs (docs/ml10_results) a legend inside hides the
+    # curves it names.
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    fig.savefig(out_png, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
