@@ -53,9 +53,18 @@ class Run:
 
     @property
     def eval(self) -> dict | None:
-        """evaluate.py's report of this run's latest checkpoint (most env steps, then newest)."""
-        return max(self.evals, key=lambda e: (e.get("env_steps_trained", 0), e["_mtime"]),
+        """evaluate.py's report of this run's latest checkpoint (most env steps, then newest) on
+        the split a results row reports (`score_split`): an ML run's `split=train` evaluation
+        (publish_run.py's `eval_train/`) sits in the same run dir and is not its score."""
+        scored = [e for e in self.evals if e.get("split", score_split(e)) == score_split(e)]
+        return max(scored, key=lambda e: (e.get("env_steps_trained", 0), e["_mtime"]),
                    default=None)
+
+
+def score_split(report: dict) -> str:
+    """The split evaluate.py scores by default: the held-out test split for ML; the training
+    tasks for MT, which has no other (evaluation/protocol.py)."""
+    return "train" if str(report.get("benchmark", "")).upper().startswith("MT") else "test"
 
 
 # --- discovery ----------------------------------------------------------------------------------

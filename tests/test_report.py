@@ -102,6 +102,21 @@ def test_curves_of_a_method_without_pre_adaptation_rows(tmp_path):
     assert (tmp_path / "curves.png").stat().st_size > 5000
 
 
+def test_the_score_is_the_default_split_not_a_newer_train_split_evaluation(tmp_path):
+    """An ML run dir holds eval/ (held-out) and eval_train/ (split=train, written after it, same
+    checkpoint): the report scored the training split as the held-out figure (0.889 for 0.327 on
+    results/ml10/rl2_ppo_tbptt_rnorm/seed1's run dir). MT has only the training split."""
+    def report(bench, split, score, mtime):
+        return {"benchmark": bench, "split": split, "success_rate": score,
+                "env_steps_trained": 100, "_mtime": mtime}
+    ml = Run(tmp_path / "ml", "ml", 1, [],
+             [report("ML10", "test", 0.327, 1.0), report("ML10", "train", 0.889, 2.0)])
+    assert ml.eval["success_rate"] == 0.327
+    assert Run(tmp_path / "ml2", "ml", 2, [], [report("ML10", "train", 0.889, 2.0)]).eval is None
+    mt = Run(tmp_path / "mt", "mt", 1, [], [report("MT10", "train", 0.5, 1.0)])
+    assert mt.eval["success_rate"] == 0.5
+
+
 def test_config_group_ignores_the_seed_only(tmp_path):
     a, b = compose_cfg(["seed=1"], tmp_path), compose_cfg(["seed=2"], tmp_path)
     c = compose_cfg(["seed=1", "algorithm.inner_lr=0.05"], tmp_path)
