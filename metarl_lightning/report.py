@@ -11,10 +11,11 @@ Prints, and writes to `<out>/report.md`:
 - one row per config: the score per seed, its mean, the 95% stratified-bootstrap CI of the mean
   and the IQM (interquartile mean over runs x tasks) from rliable (Agarwal et al. 2021);
 - one row per config and task (benchmarks of several tasks): the score per seed and its mean.
-The score is evaluate.py's success when every run of the group has one (the full protocol),
-otherwise the callback's final val/success_rate (`--score` forces one). `<out>/curves.png`:
-success against env steps, mean over seeds with a 95% bootstrap band, pre/post adaptation,
-meta-test points.
+The score is evaluate.py's success on its default split (ML: the held-out test split, MT: the
+training tasks; a `split=train` evaluation of an ML run is never its score) when every run of the
+group has one (the full protocol), otherwise the callback's final val/success_rate (`--score`
+forces one). `<out>/curves.png`: success against env steps, mean over seeds with a 95% bootstrap
+band, pre/post adaptation, meta-test points, evaluate.py's score as a star.
 """
 
 from __future__ import annotations
