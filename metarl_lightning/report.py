@@ -55,17 +55,20 @@ class Run:
     @property
     def eval(self) -> dict | None:
         """evaluate.py's report of this run's latest checkpoint (most env steps, then newest) on
-        the split a results row reports (`score_split`): an ML run's `split=train` evaluation
+        the split a results row reports (`is_score`): an ML run's `split=train` evaluation
         (publish_run.py's `eval_train/`) sits in the same run dir and is not its score."""
-        scored = [e for e in self.evals if e.get("split", score_split(e)) == score_split(e)]
+        scored = [e for e in self.evals if is_score(e)]
         return max(scored, key=lambda e: (e.get("env_steps_trained", 0), e["_mtime"]),
                    default=None)
 
 
-def score_split(report: dict) -> str:
-    """The split evaluate.py scores by default: the held-out test split for ML; the training
-    tasks for MT, which has no other (evaluation/protocol.py)."""
-    return "train" if str(report.get("benchmark", "")).upper().startswith("MT") else "test"
+def is_score(report: dict) -> bool:
+    """evaluate.py's report on its default split (ML: held-out test, MT: training tasks)."""
+    from metarl_lightning.envs.benchmarks import benchmark_kind, scored_split
+
+    if "benchmark" not in report or "split" not in report:
+        return True
+    return report["split"] == scored_split(benchmark_kind(report["benchmark"]))
 
 
 # --- discovery ----------------------------------------------------------------------------------

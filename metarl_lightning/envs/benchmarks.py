@@ -23,6 +23,17 @@ N_GOALS = 50  # Meta-World generates 50 goals per class (metaworld._N_GOALS)
 OBS_DIM = 39  # every v3 env; MT one-hot ids are appended
 ACTION_DIM = 4
 BENCHMARKS = ("MT1", "MT10", "MT25", "MT50", "ML1", "ML10", "ML25", "ML45")
+
+
+def benchmark_kind(name: str) -> Literal["ml", "mt"]:
+    """ML*: meta-learning, scored on held-out test tasks; MT*: multi-task, on its training tasks."""
+    return "ml" if name.startswith("ML") else "mt"
+
+
+def scored_split(kind: str, split: str = "test") -> str:
+    """The split an evaluation of `split` scores: MT has no test split, so its protocol
+    evaluates the training tasks."""
+    return "train" if kind == "mt" else split
 ENV_NAMES = tuple(env_dict.ALL_V3_ENVIRONMENTS.keys())
 
 
@@ -73,7 +84,7 @@ def describe(name: str, env_name: str | None = None, use_one_hot: bool = False,
             f"unknown benchmark {name!r}; choose one of {', '.join(BENCHMARKS)} "
             "(e.g. benchmark=ml10)"
         )
-    kind: Literal["ml", "mt"] = "ml" if name.startswith("ML") else "mt"
+    kind = benchmark_kind(name)
     if name in ("ML1", "MT1"):
         if env_name not in ENV_NAMES:
             raise ConfigError(

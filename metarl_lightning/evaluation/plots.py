@@ -73,6 +73,17 @@ def plot_learning_curves(metrics_csv: str | Path, out_png: str | Path, title: st
     plt.close(fig)
 
 
+def _points(ax, x, ys, band, fmt: str, color, label: str, **style) -> None:
+    """Mean over seeds (rows of ys) at x; a CI bar where there are several seeds. The bar is
+    unlabelled and the point drawn with ax.plot, so the legend lists each config's entries
+    together in drawing order (errorbar containers would all go last)."""
+    mean = ys.mean(0)
+    ax.plot(x, mean, fmt, color=color, label=label, **style)
+    if len(ys) > 1:
+        lo, hi = band(ys)
+        ax.errorbar(x, mean, yerr=[mean - lo, hi - mean], fmt="none", ecolor=color, capsize=3)
+
+
 def plot_seed_curves(groups: dict[str, dict], out_png: str | Path) -> None:
     """groups: {label: {"x": (T,), "pre": (S, T) or (0, T) for runs without adaptation,
     "post": (S, T), "test_x": (V,),
@@ -97,23 +108,11 @@ def plot_seed_curves(groups: dict[str, dict], out_png: str | Path) -> None:
                         label="pre-adaptation (train)")
             if n > 1:
                 ax.fill_between(g["x"], *g["band"](g["post"]), color=c, alpha=0.2, lw=0)
-        # points drawn with ax.plot, their CI bars unlabelled: the legend then lists each config's
-        # entries together, in drawing order (errorbar containers would all go last)
         if len(g["test_x"]):
-            mean = g["test"].mean(0)
-            ax.plot(g["test_x"], mean, "o--", color=c, label=test_label)
-            if n > 1:
-                lo, hi = g["band"](g["test"])
-                ax.errorbar(g["test_x"], mean, yerr=[mean - lo, hi - mean], fmt="none", ecolor=c,
-                            capsize=3)
+            _points(ax, g["test_x"], g["test"], g["band"], "o--", c, test_label)
         if len(g.get("eval_x", ())):  # the score a results row reports: evaluate.py, full protocol
-            mean = g["eval"].mean(0)
-            ax.plot(g["eval_x"], mean, "*", ms=12, mec="k", color=c,
-                    label="evaluate.py on last.ckpt (full protocol)")
-            if n > 1:
-                lo, hi = g["band"](g["eval"])
-                ax.errorbar(g["eval_x"], mean, yerr=[mean - lo, hi - mean], fmt="none", ecolor=c,
-                            capsize=3)
+            _points(ax, g["eval_x"], g["eval"], g["band"], "*", c,
+                    "evaluate.py on last.ckpt (full protocol)", ms=12, mec="k")
     ax.set(xlabel="env steps", ylabel="success rate", ylim=(-0.02, 1.02),
            title="mean over seeds, band: 95% bootstrap CI")
     # Beside the axes, not on them: with 5+ configs (docs/ml10_results) a legend inside hides the

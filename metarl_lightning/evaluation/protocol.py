@@ -25,6 +25,7 @@ import numpy as np
 from metarl_lightning import envs as mw
 from metarl_lightning.data.collector import single_threaded_torch
 from metarl_lightning.envs import make_vector_env
+from metarl_lightning.envs.benchmarks import scored_split
 from metarl_lightning.envs.vector import EVAL_INFO_KEYS
 from metarl_lightning.evaluation.adapter import MetaLearnerAgent
 from metarl_lightning.types import MetaLearner
@@ -64,8 +65,7 @@ class Evaluator:
                  num_workers: int | None = None, vector_strategy: str = "process",
                  info_keys: tuple[str, ...] | None = EVAL_INFO_KEYS):
         self.info = benchmark  # the run's (build.benchmark_info), episode length included
-        if self.info.kind == "mt":
-            split = "train"  # MT has no test split: the protocol evaluates the training tasks
+        split = scored_split(self.info.kind, split)
         self.split = split
         self.meta_batch_size, self.goals_per_class, default_evals = protocol_coverage(
             self.info, split, meta_batch_size)
