@@ -64,6 +64,8 @@ class Run:
 
 def is_score(report: dict) -> bool:
     """evaluate.py's report on its default split (ML: held-out test, MT: training tasks)."""
+    # imported here: envs.benchmarks imports metaworld and mujoco, which the report needs
+    # only for these two names
     from metarl_lightning.envs.benchmarks import benchmark_kind, scored_split
 
     if "benchmark" not in report or "split" not in report:

@@ -23,6 +23,7 @@ N_GOALS = 50  # Meta-World generates 50 goals per class (metaworld._N_GOALS)
 OBS_DIM = 39  # every v3 env; MT one-hot ids are appended
 ACTION_DIM = 4
 BENCHMARKS = ("MT1", "MT10", "MT25", "MT50", "ML1", "ML10", "ML25", "ML45")
+ENV_NAMES = tuple(env_dict.ALL_V3_ENVIRONMENTS.keys())
 
 
 def benchmark_kind(name: str) -> Literal["ml", "mt"]:
@@ -34,7 +35,6 @@ def scored_split(kind: str, split: str = "test") -> str:
     """The split an evaluation of `split` scores: MT has no test split, so its protocol
     evaluates the training tasks."""
     return "train" if kind == "mt" else split
-ENV_NAMES = tuple(env_dict.ALL_V3_ENVIRONMENTS.keys())
 
 
 @dataclass(frozen=True)
